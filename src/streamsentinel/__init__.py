@@ -1,0 +1,102 @@
+"""streamsentinel: observability and resilience for the OpenAI SDK's streaming calls.
+
+``instrument()`` patches the ``openai`` package once; every ``stream=True`` call is then observed:
+truncations detected and classified, Prometheus metrics, one OpenTelemetry span per stream and
+structlog events. ``uninstrument()`` restores the SDK exactly.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from opentelemetry.trace import TracerProvider
+from prometheus_client import CollectorRegistry
+
+from .config import ChunkEvents, OnTruncation, Settings, resolve
+from .errors import StreamTruncatedError
+from .metrics_server import start_metrics_server
+from .sentinel import Sentinel
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Sentinel",
+    "Settings",
+    "StreamTruncatedError",
+    "__version__",
+    "active",
+    "instrument",
+    "start_metrics_server",
+    "uninstrument",
+]
+
+_lock = threading.Lock()
+_active: Sentinel | None = None
+
+
+def instrument(
+    *,
+    registry: CollectorRegistry | None = None,
+    tracer_provider: TracerProvider | None = None,
+    on_truncation: OnTruncation | None = None,
+    capture_content: bool | None = None,
+    chunk_events: ChunkEvents | None = None,
+    gap_anomaly_seconds: float | None = None,
+    max_model_labels: int | None = None,
+) -> Sentinel:
+    """Patch the ``openai`` package so every streaming call is observed. Idempotent.
+
+    Args:
+        registry: the ``prometheus_client.CollectorRegistry`` to register metrics in (default: the
+            global ``REGISTRY``).
+        tracer_provider: OpenTelemetry ``TracerProvider`` (default: the global one).
+        on_truncation: ``"raise"`` (default) raises :class:`StreamTruncatedError` where the SDK would
+            end a truncated stream silently; ``"record"`` only records it.
+        capture_content: put completion text on spans/logs (default False: never).
+        chunk_events: ``"anomalies"`` (default), ``"all"`` (a span event per chunk) or ``"none"``.
+        gap_anomaly_seconds: an inter-chunk gap at least this long (s) becomes a span event.
+        max_model_labels: distinct ``model``/``server`` label values kept before ``_other``.
+
+    Each option falls back to its ``STREAMSENTINEL_*`` variable (see :mod:`streamsentinel.config`).
+
+    Returns:
+        The active :class:`Sentinel`. Calling again while active returns the same one unchanged.
+
+    Raises:
+        TypeError, ValueError: invalid options. ``KeyError``/``AttributeError`` if the installed
+        ``openai`` lacks a hooked name (nothing is left patched then).
+    """
+    global _active
+    with _lock:
+        if _active is not None:
+            return _active
+        from . import patches
+
+        options: dict[str, Any] = {
+            "on_truncation": on_truncation,
+            "capture_content": capture_content,
+            "chunk_events": chunk_events,
+            "gap_anomaly_seconds": gap_anomaly_seconds,
+            "max_model_labels": max_model_labels,
+        }
+        sentinel = Sentinel(resolve(options), registry=registry, tracer_provider=tracer_provider)
+        patches.install(sentinel)
+        _active = sentinel
+        return sentinel
+
+
+def uninstrument() -> None:
+    """Restore the ``openai`` package exactly; new streams are plain ``openai.Stream`` objects again.
+    Streams opened before still finish their accounting. Idempotent."""
+    global _active
+    with _lock:
+        from . import patches
+
+        patches.remove()
+        _active = None
+
+
+def active() -> Sentinel | None:
+    """The active :class:`Sentinel`, or None when not instrumented."""
+    return _active

@@ -1,0 +1,178 @@
+"""Per-operation chunk readers: what the proxy learns from each item the consumer receives.
+
+Each reader is ``(obs, item, now) -> None`` and runs once per item on the hot path: attribute reads,
+a list append of a reference, no metric call, no log line unless ``obs.debug``. Rare shapes
+(usage chunks, error items, Azure's filter-only chunks) branch off to helpers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from . import logs
+from .observation import StreamObservation
+
+ChunkReader = Callable[[StreamObservation, Any, float], None]
+
+# Responses event types that carry output (first token) besides output_text.delta.
+_RESPONSES_OUTPUT_DELTAS = frozenset(
+    {
+        "response.refusal.delta",
+        "response.function_call_arguments.delta",
+        "response.reasoning_text.delta",
+        "response.reasoning_summary_text.delta",
+        "response.audio.delta",
+        "response.audio.transcript.delta",
+        "response.code_interpreter_call_code.delta",
+        "response.custom_tool_call_input.delta",
+        "response.mcp_call_arguments.delta",
+    }
+)
+RESPONSES_TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
+# incomplete_details.reason -> the chat finish_reason it corresponds to.
+_INCOMPLETE_REASONS = {"max_output_tokens": "length", "content_filter": "content_filter"}
+
+
+def _first_token(obs: StreamObservation, now: float) -> None:
+    obs.first_at = now
+    if obs.debug:
+        logs.first_token(obs)
+
+
+def _chat_usage(obs: StreamObservation, usage: Any) -> None:
+    obs.input_tokens = usage.prompt_tokens
+    obs.output_tokens = usage.completion_tokens
+    details = usage.completion_tokens_details
+    if details is not None and details.reasoning_tokens is not None:
+        obs.reasoning_tokens = details.reasoning_tokens
+    prompt_details = usage.prompt_tokens_details
+    if prompt_details is not None and prompt_details.cached_tokens is not None:
+        obs.cached_tokens = prompt_details.cached_tokens
+
+
+def _chat_without_choices(obs: StreamObservation, item: Any) -> None:
+    usage = item.usage
+    if usage is not None:
+        _chat_usage(obs, usage)
+        return
+    extra = item.model_extra or {}
+    # A flat error event ({"type": "error", "code": ...}) is yielded by the SDK as a chunk.
+    error = extra.get("error")
+    if extra.get("type") == "error" or isinstance(error, dict):
+        src = error if isinstance(error, dict) else extra
+        obs.error_items += 1
+        code = src.get("code")
+        message = src.get("message")
+        obs.in_stream_error = (
+            code if isinstance(code, str) else None,
+            message if isinstance(message, str) else "",
+        )
+
+
+def _has_output(delta: Any) -> bool:
+    if delta.tool_calls or delta.refusal or delta.function_call:
+        return True
+    extra = delta.model_extra
+    return bool(extra and (extra.get("reasoning_content") or extra.get("reasoning")))
+
+
+def read_chat(obs: StreamObservation, item: Any, now: float) -> None:
+    """A ``ChatCompletionChunk``."""
+    choices = item.choices
+    if not choices:
+        _chat_without_choices(obs, item)
+        return
+    if obs.response_id is None:
+        obs.response_id = item.id
+        obs.response_model = item.model
+    for choice in choices:
+        delta = choice.delta
+        content = delta.content
+        if content:
+            if choice.index == 0:
+                obs.text.append(content)
+            if obs.first_at is None:
+                _first_token(obs, now)
+        elif obs.first_at is None and _has_output(delta):
+            _first_token(obs, now)
+        finish_reason = choice.finish_reason
+        if finish_reason is not None:
+            obs.finish_reasons[choice.index] = finish_reason
+            if item.usage is not None:
+                _chat_usage(obs, item.usage)
+
+
+def read_completion(obs: StreamObservation, item: Any, now: float) -> None:
+    """A legacy ``Completion`` chunk (``text_completion``)."""
+    choices = item.choices
+    if not choices:
+        if item.usage is not None:
+            _chat_usage(obs, item.usage)
+        return
+    if obs.response_id is None:
+        obs.response_id = item.id
+        obs.response_model = item.model
+    for choice in choices:
+        text = choice.text
+        if text:
+            if choice.index == 0:
+                obs.text.append(text)
+            if obs.first_at is None:
+                _first_token(obs, now)
+        if choice.finish_reason is not None:
+            obs.finish_reasons[choice.index] = choice.finish_reason
+
+
+def _responses_terminal(obs: StreamObservation, item: Any) -> None:
+    typ = item.type
+    obs.terminal = typ
+    response = item.response
+    obs.response_id = response.id
+    obs.response_model = response.model
+    usage = response.usage
+    if usage is not None:
+        obs.input_tokens = usage.input_tokens
+        obs.output_tokens = usage.output_tokens
+        if usage.output_tokens_details is not None:
+            obs.reasoning_tokens = usage.output_tokens_details.reasoning_tokens
+        if usage.input_tokens_details is not None:
+            obs.cached_tokens = usage.input_tokens_details.cached_tokens
+    if typ == "response.completed":
+        obs.finish_reasons[0] = "stop"
+    elif typ == "response.incomplete":
+        details = response.incomplete_details
+        reason = details.reason if details is not None else None
+        obs.finish_reasons[0] = _INCOMPLETE_REASONS.get(reason or "", reason or "incomplete")
+    else:  # response.failed
+        error = response.error
+        obs.in_stream_error = (
+            (error.code, error.message) if error is not None else (None, "response.failed")
+        )
+
+
+def read_responses(obs: StreamObservation, item: Any, now: float) -> None:
+    """A Responses API ``ResponseStreamEvent``."""
+    typ = item.type
+    if typ == "response.output_text.delta":
+        obs.text.append(item.delta)
+        if obs.first_at is None:
+            _first_token(obs, now)
+    elif typ in _RESPONSES_OUTPUT_DELTAS:
+        if obs.first_at is None:
+            _first_token(obs, now)
+    elif typ in RESPONSES_TERMINAL:
+        _responses_terminal(obs, item)
+    elif typ == "response.created":
+        obs.response_id = item.response.id
+        obs.response_model = item.response.model
+    elif typ == "error":
+        obs.error_items += 1
+        obs.in_stream_error = (item.code, item.message or "")
+
+
+READERS: dict[str, ChunkReader] = {
+    "chat": read_chat,
+    "text_completion": read_completion,
+    "responses": read_responses,
+}

@@ -1,0 +1,108 @@
+"""Settings for :func:`streamsentinel.instrument`, from keyword options and ``STREAMSENTINEL_*`` variables.
+
+Precedence: an explicit keyword option, then the environment variable, then the default. An
+invalid environment value never breaks the host: it is logged once and the default is used.
+
+| option | variable | values | default |
+|---|---|---|---|
+| ``on_truncation`` | ``STREAMSENTINEL_ON_TRUNCATION`` | ``raise``, ``record`` | ``raise`` |
+| ``capture_content`` | ``STREAMSENTINEL_CAPTURE_CONTENT`` | ``true``/``false`` | ``false`` |
+| ``chunk_events`` | ``STREAMSENTINEL_CHUNK_EVENTS`` | ``anomalies``, ``all``, ``none`` | ``anomalies`` |
+| ``gap_anomaly_seconds`` | ``STREAMSENTINEL_GAP_ANOMALY_SECONDS`` | float > 0 | ``5.0`` |
+| ``max_model_labels`` | ``STREAMSENTINEL_MAX_MODEL_LABELS`` | int > 0 | ``100`` |
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
+
+import structlog
+
+OnTruncation = Literal["raise", "record"]
+ChunkEvents = Literal["anomalies", "all", "none"]
+
+_T = TypeVar("_T")
+_log = structlog.get_logger("streamsentinel")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Resolved settings; see the module docstring for the table of options and variables."""
+
+    on_truncation: OnTruncation = "raise"
+    capture_content: bool = False
+    chunk_events: ChunkEvents = "anomalies"
+    gap_anomaly_seconds: float = 5.0
+    max_model_labels: int = 100
+
+
+def _parse_bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(raw)
+
+
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in allowed:
+            raise ValueError(raw)
+        return value
+
+    return parse
+
+
+def _positive(kind: Callable[[str], _T]) -> Callable[[str], _T]:
+    def parse(raw: str) -> _T:
+        value = kind(raw)
+        if not value > 0:  # type: ignore[operator]
+            raise ValueError(raw)
+        return value
+
+    return parse
+
+
+_PARSERS: dict[str, Callable[[str], Any]] = {
+    "on_truncation": _choice("raise", "record"),
+    "capture_content": _parse_bool,
+    "chunk_events": _choice("anomalies", "all", "none"),
+    "gap_anomaly_seconds": _positive(float),
+    "max_model_labels": _positive(int),
+}
+
+
+def env_name(option: str) -> str:
+    """The environment variable for an option: ``STREAMSENTINEL_`` + the option in upper case."""
+    return "STREAMSENTINEL_" + option.upper()
+
+
+def resolve(options: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Settings:
+    """Build :class:`Settings` from explicit ``options`` over ``STREAMSENTINEL_*`` variables.
+
+    Raises:
+        TypeError: an unknown keyword option (a programming error in the caller, raised at once).
+        ValueError: an explicit option with a value outside its domain.
+    """
+    environ = os.environ if environ is None else environ
+    unknown = set(options) - set(_PARSERS)
+    if unknown:
+        raise TypeError(f"unknown streamsentinel option(s): {', '.join(sorted(unknown))}")
+    values: dict[str, Any] = {}
+    for option, parse in _PARSERS.items():
+        if option in options and options[option] is not None:
+            raw = options[option]
+            values[option] = parse(str(raw)) if not isinstance(raw, bool) else raw
+            continue
+        var = env_name(option)
+        if var in environ:
+            try:
+                values[option] = parse(environ[var])
+            except ValueError:
+                _log.warning("config.invalid_env", variable=var, using_default=True)
+    return Settings(**values)

@@ -1,0 +1,49 @@
+"""Exceptions streamsentinel raises to the consumer of a stream."""
+
+from __future__ import annotations
+
+import httpx2
+import openai
+
+__all__ = ["StreamTruncatedError"]
+
+
+class StreamTruncatedError(openai.APIConnectionError):
+    """A stream ended without its terminal marker where the SDK would have ended it silently.
+
+    Raised from the stream's iterator in place of ``StopIteration`` when ``on_truncation="raise"``
+    (the default) and the server ended the body cleanly before ``data: [DONE]`` (chat and legacy
+    completions) or before a terminal Responses event (``response.completed``,
+    ``response.incomplete``, ``response.failed``), dropped the last event's blank line, or answered
+    a stream request with a 200 non-SSE body. Where the SDK raises on its own (connection lost,
+    timeout, in-stream error, malformed JSON) that exception reaches the consumer unchanged instead.
+
+    A subclass of ``openai.APIConnectionError``, so code that already handles dropped connections
+    handles this too.
+
+    Attributes:
+        reason: truncation reason, one of the values of ``streamsentinel.taxonomy.TruncationReason``
+            (``eof_before_done``, ``partial_event``, ``non_sse_body``, ``in_stream_error``).
+        chunks_received: items the consumer received before the end (int, >= 0).
+        partial_text: the output text delivered so far (choice 0 for chat; all output text deltas
+            for Responses). Never logged unless ``capture_content`` is on.
+        request_id: the response's ``x-request-id`` header, or None.
+    """
+
+    def __init__(
+        self,
+        *,
+        reason: str,
+        chunks_received: int,
+        partial_text: str,
+        request_id: str | None,
+        request: httpx2.Request,
+    ) -> None:
+        super().__init__(
+            message=f"Stream truncated ({reason}) after {chunks_received} chunks",
+            request=request,
+        )
+        self.reason = reason
+        self.chunks_received = chunks_received
+        self.partial_text = partial_text
+        self.request_id = request_id

@@ -1,0 +1,212 @@
+"""Where the ``openai`` package is patched: the streaming entry points and the SDK's private hooks.
+
+Entry points (sync and async): ``chat.completions.create`` (``chat.completions.stream()`` goes
+through it), legacy ``completions.create``, ``responses.create`` and ``responses.retrieve`` (which
+``responses.stream()`` uses). Only calls with ``stream=True`` are observed; the rest pass through.
+
+Private hooks, verified on openai 3.51-3.52 (``tests/test_sdk_hooks.py`` fails loudly if one moves):
+``SyncAPIClient/AsyncAPIClient._send_request`` (every HTTP attempt: status, rate-limit headers,
+429 bodies), ``_sleep_for_retry`` (each SDK retry) and ``BaseClient._make_sse_decoder`` (``[DONE]``).
+Patches are class attributes replaced by ``wrapt`` wrappers and restored exactly by :func:`remove`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import wrapt
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from openai._streaming import SSEDecoder
+
+from .sentinel import CURRENT, Sentinel
+from .sse import ObservedSSEDecoder
+
+# The header the SDK's with_raw_response / with_streaming_response helpers set (issue: raw
+# iteration is not a Stream; such calls pass through untouched for now).
+_RAW_RESPONSE_HEADER = "X-Stainless-Raw-Response"
+
+# (module, class, method, operation); async-ness is known from the class.
+ENTRY_POINTS: tuple[tuple[str, str, str, str], ...] = (
+    ("openai.resources.chat.completions.completions", "Completions", "create", "chat"),
+    ("openai.resources.chat.completions.completions", "AsyncCompletions", "create", "chat"),
+    ("openai.resources.completions", "Completions", "create", "text_completion"),
+    ("openai.resources.completions", "AsyncCompletions", "create", "text_completion"),
+    ("openai.resources.responses.responses", "Responses", "create", "responses"),
+    ("openai.resources.responses.responses", "Responses", "retrieve", "responses"),
+    ("openai.resources.responses.responses", "AsyncResponses", "create", "responses"),
+    ("openai.resources.responses.responses", "AsyncResponses", "retrieve", "responses"),
+)
+
+_applied: list[tuple[type, str, Any]] = []
+
+
+def _is_raw(kwargs: Mapping[str, Any]) -> bool:
+    headers = kwargs.get("extra_headers")
+    if not headers:
+        return False
+    return any(str(k).lower() == _RAW_RESPONSE_HEADER.lower() for k in headers)
+
+
+def _observed(kwargs: Mapping[str, Any]) -> bool:
+    return kwargs.get("stream") is True and not _is_raw(kwargs)
+
+
+def _sync_entry(sentinel: Sentinel, operation: str) -> Callable[..., Any]:
+    def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if not _observed(kwargs):
+            return wrapped(*args, **kwargs)
+        try:
+            obs = sentinel.begin(operation, instance, kwargs)
+        except Exception:
+            sentinel.internal_error("begin")
+            return wrapped(*args, **kwargs)
+        var_token = CURRENT.set(obs)
+        ctx_token = otel_context.attach(trace.set_span_in_context(obs.span))
+        try:
+            result = wrapped(*args, **kwargs)
+        except BaseException as exc:
+            sentinel.request_raised(obs, exc)
+            raise
+        finally:
+            otel_context.detach(ctx_token)
+            CURRENT.reset(var_token)
+        return sentinel.wrap_stream(obs, result)
+
+    return wrapper
+
+
+def _async_entry(sentinel: Sentinel, operation: str) -> Callable[..., Any]:
+    async def observed(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        try:
+            obs = sentinel.begin(operation, instance, kwargs)
+        except Exception:
+            sentinel.internal_error("begin")
+            return await wrapped(*args, **kwargs)
+        var_token = CURRENT.set(obs)
+        ctx_token = otel_context.attach(trace.set_span_in_context(obs.span))
+        try:
+            result = await wrapped(*args, **kwargs)
+        except BaseException as exc:
+            sentinel.request_raised(obs, exc)
+            raise
+        finally:
+            otel_context.detach(ctx_token)
+            CURRENT.reset(var_token)
+        return sentinel.wrap_stream(obs, result)
+
+    def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        # AsyncCompletions.create is not a coroutine function (a sync decorator wraps it): return
+        # the SDK's own awaitable untouched unless we observe the call.
+        if not _observed(kwargs):
+            return wrapped(*args, **kwargs)
+        return observed(wrapped, instance, args, kwargs)
+
+    return wrapper
+
+
+def _sync_send(sentinel: Sentinel) -> Callable[..., Any]:
+    def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        obs = CURRENT.get()
+        if obs is None:
+            return wrapped(*args, **kwargs)
+        try:
+            response = wrapped(*args, **kwargs)
+        except BaseException as exc:
+            sentinel.attempt_raised(obs, exc)
+            raise
+        if response.status_code == 429:
+            try:
+                response.read()  # small JSON error body: tells requests/tokens/quota apart
+            except Exception:
+                pass
+        sentinel.attempt_response(obs, response)
+        return response
+
+    return wrapper
+
+
+def _async_send(sentinel: Sentinel) -> Callable[..., Any]:
+    async def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        obs = CURRENT.get()
+        if obs is None:
+            return await wrapped(*args, **kwargs)
+        try:
+            response = await wrapped(*args, **kwargs)
+        except BaseException as exc:
+            sentinel.attempt_raised(obs, exc)
+            raise
+        if response.status_code == 429:
+            try:
+                await response.aread()
+            except Exception:
+                pass
+        sentinel.attempt_response(obs, response)
+        return response
+
+    return wrapper
+
+
+def _sync_sleep(sentinel: Sentinel) -> Callable[..., Any]:
+    def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        obs = CURRENT.get()
+        if obs is not None:
+            sentinel.sdk_retry(obs, kwargs.get("retries_taken", 0), kwargs.get("response"))
+        return wrapped(*args, **kwargs)
+
+    return wrapper
+
+
+def _async_sleep(sentinel: Sentinel) -> Callable[..., Any]:
+    async def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        obs = CURRENT.get()
+        if obs is not None:
+            sentinel.sdk_retry(obs, kwargs.get("retries_taken", 0), kwargs.get("response"))
+        return await wrapped(*args, **kwargs)
+
+    return wrapper
+
+
+def _make_sse_decoder(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    decoder = wrapped(*args, **kwargs)
+    # Only replace the SDK's own decoder; a custom one is left alone (fallback detection applies).
+    return ObservedSSEDecoder() if type(decoder) is SSEDecoder else decoder
+
+
+def _patch(module_name: str, class_name: str, method: str, wrapper: Callable[..., Any]) -> None:
+    owner = getattr(importlib.import_module(module_name), class_name)
+    original = owner.__dict__[method]
+    setattr(owner, method, wrapt.FunctionWrapper(original, wrapper))
+    _applied.append((owner, method, original))
+
+
+def install(sentinel: Sentinel) -> None:
+    """Apply every patch for ``sentinel``. Raises if the SDK lacks a patched name (after undoing
+    what was applied), so a moved private name is loud, never half-installed."""
+    try:
+        for module_name, class_name, method, operation in ENTRY_POINTS:
+            is_async = class_name.startswith("Async")
+            wrapper = (_async_entry if is_async else _sync_entry)(sentinel, operation)
+            _patch(module_name, class_name, method, wrapper)
+        base = "openai._base_client"
+        _patch(base, "SyncAPIClient", "_send_request", _sync_send(sentinel))
+        _patch(base, "AsyncAPIClient", "_send_request", _async_send(sentinel))
+        _patch(base, "SyncAPIClient", "_sleep_for_retry", _sync_sleep(sentinel))
+        _patch(base, "AsyncAPIClient", "_sleep_for_retry", _async_sleep(sentinel))
+        _patch(base, "BaseClient", "_make_sse_decoder", _make_sse_decoder)
+    except Exception:
+        remove()
+        raise
+
+
+def remove() -> None:
+    """Restore every patched attribute to the exact object it was."""
+    while _applied:
+        owner, method, original = _applied.pop()
+        setattr(owner, method, original)
+
+
+def installed() -> bool:
+    return bool(_applied)

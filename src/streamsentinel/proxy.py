@@ -1,0 +1,178 @@
+"""The stream proxies: where each chunk is observed.
+
+``ObservedStream`` / ``ObservedAsyncStream`` are ``wrapt.ObjectProxy`` subclasses, so the consumer
+keeps ``isinstance(stream, openai.Stream)``, ``stream.response`` and every other attribute. The
+per-chunk work lives in one generator per stream (``_observe`` / ``_aobserve``): its locals are the
+cheapest state Python has. Per item it takes one ``perf_counter()``, updates a few slot fields and
+calls the operation's chunk reader; metrics, the span and log lines wait for the end of the stream.
+
+Like the SDK's ``Stream.__iter__``, ``__iter__`` hands out an iterator over the same underlying
+stream, so breaking out of a ``for`` loop and iterating again resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator
+from time import perf_counter
+from typing import TYPE_CHECKING, Any
+
+import wrapt
+
+from .chunks import ChunkReader
+from .observation import Anomaly, StreamObservation
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable
+
+    from .sentinel import Sentinel
+
+# The first gap is measured from the first item: time to first token is not a gap.
+_NEVER = float("inf")
+
+
+def _observe(
+    next_item: Callable[[], Any], obs: StreamObservation, sentinel: Sentinel, reader: ChunkReader
+) -> Iterator[Any]:
+    perf = perf_counter
+    alert = sentinel.settings.gap_anomaly_seconds
+    extras = obs.debug or sentinel.settings.chunk_events == "all"
+    obs.last_at = _NEVER
+    while True:
+        try:
+            item = next_item()
+        except StopIteration:
+            error = sentinel.end_of_stream(obs)
+            if error is not None:
+                raise error from None
+            return
+        except BaseException as exc:
+            sentinel.stream_raised(obs, exc)
+            raise
+        now = perf()
+        try:
+            gap = now - obs.last_at
+            obs.last_at = now
+            obs.chunks += 1
+            if gap > obs.max_gap:
+                obs.max_gap = gap
+                if gap >= alert:
+                    obs.anomalies.append(Anomaly("gap", now - obs.start, {"streamsentinel.gap": gap}))
+            reader(obs, item, now)
+            if extras:
+                sentinel.chunk_extras(obs, item, gap)
+        except Exception:
+            sentinel.internal_error("chunk")
+        yield item
+
+
+async def _aobserve(
+    next_item: Callable[[], Awaitable[Any]],
+    obs: StreamObservation,
+    sentinel: Sentinel,
+    reader: ChunkReader,
+) -> AsyncIterator[Any]:
+    perf = perf_counter
+    alert = sentinel.settings.gap_anomaly_seconds
+    extras = obs.debug or sentinel.settings.chunk_events == "all"
+    obs.last_at = _NEVER
+    while True:
+        try:
+            item = await next_item()
+        except StopAsyncIteration:
+            error = sentinel.end_of_stream(obs)
+            if error is not None:
+                raise error from None
+            return
+        except BaseException as exc:
+            sentinel.stream_raised(obs, exc)
+            raise
+        now = perf()
+        try:
+            gap = now - obs.last_at
+            obs.last_at = now
+            obs.chunks += 1
+            if gap > obs.max_gap:
+                obs.max_gap = gap
+                if gap >= alert:
+                    obs.anomalies.append(Anomaly("gap", now - obs.start, {"streamsentinel.gap": gap}))
+            reader(obs, item, now)
+            if extras:
+                sentinel.chunk_extras(obs, item, gap)
+        except Exception:
+            sentinel.internal_error("chunk")
+        yield item
+
+
+class _ObservedBase(wrapt.ObjectProxy):  # type: ignore[misc]
+    def __init__(self, wrapped: Any, obs: StreamObservation, sentinel: Sentinel) -> None:
+        super().__init__(wrapped)
+        self._self_obs = obs
+        self._self_sentinel = sentinel
+
+    def __del__(self) -> None:
+        # A stream dropped without close() ends here, exactly once (finish() is idempotent).
+        try:
+            self._self_sentinel.abandoned(self._self_obs)
+        except Exception:
+            pass
+
+
+class ObservedStream(_ObservedBase):
+    """A synchronous ``openai.Stream`` under observation."""
+
+    def __init__(
+        self, wrapped: Any, obs: StreamObservation, sentinel: Sentinel, reader: ChunkReader
+    ) -> None:
+        super().__init__(wrapped, obs, sentinel)
+        self._self_items = _observe(wrapped.__next__, obs, sentinel, reader)
+        self._self_next = self._self_items.__next__
+
+    def __iter__(self) -> Iterator[Any]:
+        return self._self_items
+
+    def __next__(self) -> Any:
+        return self._self_next()
+
+    def __enter__(self) -> ObservedStream:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        try:
+            self.__wrapped__.close()
+        finally:
+            self._self_sentinel.abandoned(self._self_obs)
+
+
+class ObservedAsyncStream(_ObservedBase):
+    """An ``openai.AsyncStream`` under observation."""
+
+    def __init__(
+        self, wrapped: Any, obs: StreamObservation, sentinel: Sentinel, reader: ChunkReader
+    ) -> None:
+        super().__init__(wrapped, obs, sentinel)
+        self._self_items = _aobserve(wrapped.__anext__, obs, sentinel, reader)
+        self._self_anext = self._self_items.__anext__
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self._self_items
+
+    def __anext__(self) -> Awaitable[Any]:
+        return self._self_anext()
+
+    async def __aenter__(self) -> ObservedAsyncStream:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        try:
+            await self.__wrapped__.close()
+        finally:
+            self._self_sentinel.abandoned(self._self_obs)
+
+    async def aclose(self) -> None:
+        await self.close()

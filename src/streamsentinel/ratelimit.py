@@ -1,0 +1,162 @@
+"""OpenAI rate-limit headers and 429 bodies.
+
+Header format (OpenAI API reference, "Rate limits"): ``x-ratelimit-limit-{requests,tokens}``,
+``x-ratelimit-remaining-{requests,tokens}`` (integers) and ``x-ratelimit-reset-{requests,tokens}``
+(a Go ``time.Duration`` string such as ``12ms``, ``1s``, ``6m0s``, ``23h47m36.648s``: the time until
+the bucket is full again).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+RateLimitKind = Literal["requests", "tokens", "quota", "too_large", "in_stream"]
+"""Bounded values of the ``kind`` label of ``openai_stream_rate_limit_events_total``."""
+
+RESOURCES = ("requests", "tokens")
+
+# "ms" must be tried before "m"; Go also emits "us"/"µs" and "ns".
+_GO_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+_UNIT_SECONDS = {
+    "ns": 1e-9,
+    "us": 1e-6,
+    "µs": 1e-6,
+    "μs": 1e-6,
+    "ms": 1e-3,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+}
+_TRY_AGAIN = re.compile(r"try again in (\d+(?:\.\d+)?)(ms|s)\b", re.IGNORECASE)
+
+
+def parse_go_duration(text: str) -> float | None:
+    """Seconds in a Go duration string (``"6m0s"`` -> 360.0, ``"12ms"`` -> 0.012), or None if invalid."""
+    text = text.strip()
+    if not text:
+        return None
+    if text == "0":
+        return 0.0
+    pos = 0
+    total = 0.0
+    for match in _GO_DURATION_PART.finditer(text):
+        if match.start() != pos:
+            return None
+        total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        pos = match.end()
+    return total if pos == len(text) else None
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitSnapshot:
+    """One resource's rate-limit headers: ``limit`` and ``remaining`` in requests or tokens,
+    ``reset_seconds`` until full; each None when its header is absent or malformed."""
+
+    resource: str
+    limit: int | None
+    remaining: int | None
+    reset_seconds: float | None
+
+
+def _int(value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return int(value.strip())
+    except ValueError:
+        return None
+
+
+def parse_headers(headers: Mapping[str, str]) -> list[RateLimitSnapshot]:
+    """The snapshots for ``requests`` and ``tokens`` present in ``headers``.
+
+    ``headers`` is an ``httpx2.Headers`` (read in one pass over its raw list) or any mapping with
+    lower-case keys.
+    """
+    found: dict[str, str] = {}
+    raw = getattr(headers, "raw", None)
+    if raw is not None:
+        for key, value in raw:
+            if key[:12].lower() == b"x-ratelimit-":
+                found[key.decode("latin-1").lower()] = value.decode("latin-1")
+    else:
+        found = {k.lower(): v for k, v in headers.items() if k.lower().startswith("x-ratelimit-")}
+    if not found:
+        return []
+    out: list[RateLimitSnapshot] = []
+    for resource in RESOURCES:
+        limit = _int(found.get(f"x-ratelimit-limit-{resource}"))
+        remaining = _int(found.get(f"x-ratelimit-remaining-{resource}"))
+        reset_raw = found.get(f"x-ratelimit-reset-{resource}")
+        reset = parse_go_duration(reset_raw) if reset_raw is not None else None
+        if limit is None and remaining is None and reset is None:
+            continue
+        out.append(RateLimitSnapshot(resource, limit, remaining, reset))
+    return out
+
+
+def error_fields(body: object) -> tuple[str | None, str | None, str]:
+    """``(code, type, message)`` of an OpenAI error body, nested (``{"error": {...}}``) or flat."""
+    if isinstance(body, Mapping) and isinstance(body.get("error"), Mapping):
+        body = body["error"]
+    if not isinstance(body, Mapping):
+        return None, None, ""
+    code = body.get("code")
+    typ = body.get("type")
+    message = body.get("message")
+    return (
+        code if isinstance(code, str) else None,
+        typ if isinstance(typ, str) else None,
+        message if isinstance(message, str) else "",
+    )
+
+
+def classify_429(body: object, headers: Mapping[str, str] | None = None) -> RateLimitKind:
+    """Which limit a 429 hit: ``quota`` (``insufficient_quota``), ``too_large`` ("Request too large":
+    Requested > Limit, never retryable), ``tokens`` or ``requests``.
+
+    The body decides when present; without one, the ``x-ratelimit-remaining-*`` header that is 0.
+    """
+    code, typ, message = error_fields(body)
+    if code == "insufficient_quota" or typ == "insufficient_quota":
+        return "quota"
+    if message.startswith("Request too large"):
+        return "too_large"
+    if typ == "tokens" or "tokens per min" in message or "(TPM)" in message or "(TPD)" in message:
+        return "tokens"
+    if typ == "requests" or "requests per" in message:
+        return "requests"
+    if headers is not None and headers.get("x-ratelimit-remaining-tokens", "").strip() == "0":
+        return "tokens"
+    return "requests"
+
+
+def retry_delay_seconds(headers: Mapping[str, str] | None, message: str = "") -> float | None:
+    """The server's requested delay: ``retry-after-ms``, else ``retry-after`` (seconds), else the
+    message's "try again in 644ms" / "3.1s"; None when none is given. HTTP-date ``retry-after`` is
+    not parsed (OpenAI sends seconds)."""
+    if headers is not None:
+        for name, scale in (("retry-after-ms", 1e-3), ("x-ms-retry-after-ms", 1e-3), ("retry-after", 1.0)):
+            raw = headers.get(name)
+            if raw is not None:
+                try:
+                    return float(raw) * scale
+                except ValueError:
+                    pass
+    match = _TRY_AGAIN.search(message)
+    if match:
+        return float(match.group(1)) * (1e-3 if match.group(2) == "ms" else 1.0)
+    return None
+
+
+def json_or_none(content: bytes) -> Any:
+    """Parsed JSON of an error body, or None when it is not JSON."""
+    import json
+
+    try:
+        return json.loads(content)
+    except ValueError:
+        return None

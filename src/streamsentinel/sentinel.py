@@ -1,0 +1,365 @@
+"""The ``Sentinel``: opens an observation per stream, classifies it once at the end, feeds the sinks.
+
+Lifecycle of one stream request (``begin`` -> attempts -> ``wrap_stream`` -> one of ``request_raised``,
+``end_of_stream``, ``stream_raised``, ``abandoned``). Every method here runs inside the host service,
+so each catches its own failures, counts them in ``openai_stream_instrumentation_errors_total{stage}``
+and logs each stage once; only ``end_of_stream`` may hand back an exception, ``StreamTruncatedError``,
+for the proxy to raise on purpose.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import threading
+import time
+from collections.abc import Mapping
+from time import perf_counter
+from typing import Any
+
+import httpx2
+import openai
+import structlog
+from opentelemetry.trace import TracerProvider
+from prometheus_client import CollectorRegistry
+
+from . import logs, tracing
+from .chunks import READERS
+from .config import Settings
+from .errors import StreamTruncatedError
+from .metrics import BoundedLabel, metrics_for
+from .observation import Anomaly, StreamObservation
+from .proxy import ObservedAsyncStream, ObservedStream
+from .ratelimit import classify_429, json_or_none, parse_headers, retry_delay_seconds
+from .sse import ObservedSSEDecoder
+from .taxonomy import (
+    SILENT_REASONS,
+    Failure,
+    TruncationReason,
+    classify_in_stream_event,
+    classify_request_exception,
+    classify_stream_exception,
+    silent_end_failure,
+)
+
+CURRENT: contextvars.ContextVar[StreamObservation | None] = contextvars.ContextVar(
+    "streamsentinel_current", default=None
+)
+"""The observation whose ``create()`` is running in this context (None elsewhere); read by the
+HTTP-attempt hooks to attribute the SDK's retries and 429s to their stream."""
+
+_log = structlog.get_logger(logs.LOGGER_NAME)
+
+# Reason label of a retry, from what the failed attempt was.
+_KIND_TO_RETRY_REASON = {
+    "requests": "rate_limited",
+    "tokens": "rate_limited",
+    "quota": "quota_exhausted",
+    "too_large": "request_too_large",
+}
+
+
+def _status_reason(status: int) -> str:
+    if status >= 500:
+        return "server_error"
+    return {408: "request_timeout", 409: "conflict"}.get(status, "other")
+
+
+class Sentinel:
+    """The active instrumentation: settings, metric families, tracer and the per-stream lifecycle."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        registry: CollectorRegistry | None = None,
+        tracer_provider: TracerProvider | None = None,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics_for(registry)
+        self.tracer = tracing.get_tracer(tracer_provider)
+        self._model_label = BoundedLabel(settings.max_model_labels)
+        self._server_label = BoundedLabel(settings.max_model_labels)
+        self._errors_logged: set[str] = set()
+        self._errors_lock = threading.Lock()
+
+    # -- failures of streamsentinel itself -------------------------------------------------------
+
+    def internal_error(self, stage: str) -> None:
+        """Count a failure of our own code at ``stage``; log it (with traceback) once per stage."""
+        try:
+            self.metrics.instrumentation_errors.labels(stage).inc()
+            with self._errors_lock:
+                first = stage not in self._errors_logged
+                self._errors_logged.add(stage)
+            if first:
+                _log.exception("instrumentation.error", stage=stage)
+        except Exception:
+            pass
+
+    # -- opening ---------------------------------------------------------------------------------
+
+    def begin(self, operation: str, resource: Any, request: Mapping[str, Any]) -> StreamObservation:
+        """Open the observation of one streaming call (span started, ``in_flight`` up)."""
+        base_url: httpx2.URL = resource._client.base_url
+        host = base_url.host or "unknown"
+        port = base_url.port or (443 if base_url.scheme == "https" else 80)
+        request_model = str(request.get("model") or "unknown")
+        model = self._model_label(request_model)
+        server = self._server_label(host)
+        labels = self.metrics.bind(operation, model, server)
+        start_ns = time.time_ns()
+        start = perf_counter()
+        span = tracing.start_span(
+            self.tracer,
+            operation=operation,
+            request_model=request_model,
+            server=host,
+            server_port=port,
+            request=request,
+            start_ns=start_ns,
+        )
+        obs = StreamObservation(
+            operation=operation,
+            model=model,
+            server=server,
+            server_port=port,
+            labels=labels,
+            span=span,
+            start=start,
+            start_ns=start_ns,
+            debug=logs.debug_enabled(),
+        )
+        labels.in_flight.inc()
+        logs.started(obs)
+        return obs
+
+    def wrap_stream(self, obs: StreamObservation, result: Any) -> Any:
+        """Put the stream ``create()`` returned under observation (anything else passes through)."""
+        try:
+            if isinstance(result, openai.Stream):
+                proxy_cls: type[ObservedStream] | type[ObservedAsyncStream] = ObservedStream
+            elif isinstance(result, openai.AsyncStream):
+                proxy_cls = ObservedAsyncStream
+            else:
+                self.discard(obs)
+                return result
+            decoder = getattr(result, "_decoder", None)
+            obs.decoder = decoder if isinstance(decoder, ObservedSSEDecoder) else None
+            obs.response = result.response
+            obs.request_id = result.response.headers.get("x-request-id")
+            return proxy_cls(result, obs, self, READERS[obs.operation])
+        except Exception:
+            self.internal_error("wrap")
+            self.discard(obs)
+            return result
+
+    def discard(self, obs: StreamObservation) -> None:
+        """End an observation that turned out not to be a stream we observe: no request counted."""
+        if obs.ended:
+            return
+        obs.ended = True
+        try:
+            obs.labels.in_flight.dec()
+            obs.span.end()
+        except Exception:
+            self.internal_error("discard")
+
+    # -- HTTP attempts (the SDK's retry loop) ----------------------------------------------------
+
+    def attempt_response(self, obs: StreamObservation, response: httpx2.Response) -> None:
+        """One HTTP response inside ``create()``: rate-limit headers, 429 kind, the retry reason."""
+        try:
+            headers = response.headers
+            snapshots = parse_headers(headers)
+            if snapshots:
+                obs.labels.record_rate_limit_headers(snapshots)
+            status = response.status_code
+            obs.request_id = headers.get("x-request-id")
+            if status == 429:
+                body = json_or_none(response.content) if response.is_closed else None
+                kind = classify_429(body, headers)
+                obs.rate_limit_kinds.append(kind)
+                obs.last_attempt_reason = _KIND_TO_RETRY_REASON[kind]
+                obs.labels.record_rate_limit(kind)
+                logs.rate_limited(obs, kind=kind, status=status)
+            elif status >= 400:
+                obs.last_attempt_reason = _status_reason(status)
+        except Exception:
+            self.internal_error("attempt")
+
+    def attempt_raised(self, obs: StreamObservation, exc: BaseException) -> None:
+        """An HTTP attempt that raised (timeout or transport error) before any response."""
+        try:
+            name = type(exc).__name__
+            obs.last_attempt_reason = "timeout" if "Timeout" in name else "connection_error"
+        except Exception:
+            self.internal_error("attempt")
+
+    def sdk_retry(self, obs: StreamObservation, retries_taken: int, response: httpx2.Response | None) -> None:
+        """The SDK is about to sleep and retry (``_sleep_for_retry``): count it with its reason."""
+        try:
+            obs.sdk_retries += 1
+            reason = obs.last_attempt_reason
+            if response is None and reason not in ("timeout", "connection_error"):
+                reason = "connection_error"  # the attempt hook did not run
+            delay = retry_delay_seconds(response.headers) if response is not None else None
+            obs.labels.record_retry("sdk", reason)
+            obs.anomalies.append(
+                Anomaly(
+                    "retry",
+                    perf_counter() - obs.start,
+                    {"streamsentinel.layer": "sdk", "streamsentinel.reason": reason,
+                     "streamsentinel.attempt": retries_taken + 1},
+                )
+            )
+            logs.retry(obs, layer="sdk", reason=reason, attempt=retries_taken + 1, delay=delay)
+        except Exception:
+            self.internal_error("retry")
+
+    # -- endings ---------------------------------------------------------------------------------
+
+    def request_raised(self, obs: StreamObservation, exc: BaseException) -> None:
+        """``create()`` raised: no stream; the request failed (or was cancelled)."""
+        try:
+            failure = classify_request_exception(exc)
+            if failure is None:
+                self.finish(obs, "abandoned", None)
+                return
+            if (
+                failure.rate_limit_kind is not None
+                and not obs.rate_limit_kinds
+                and not obs.ended
+            ):
+                # The attempt hook did not see this 429 (hook missing): count it here.
+                obs.labels.record_rate_limit(failure.rate_limit_kind)
+                logs.rate_limited(obs, kind=failure.rate_limit_kind, status=429)
+            self.finish(obs, "failed", failure)
+        except Exception:
+            self.internal_error("finish")
+
+    def stream_raised(self, obs: StreamObservation, exc: BaseException) -> None:
+        """The SDK raised while the consumer iterated: record it; the proxy re-raises it unchanged."""
+        try:
+            if obs.ended:
+                return
+            failure = classify_stream_exception(exc)
+            if failure is None:
+                self.finish(obs, "abandoned", None)
+            else:
+                self.finish(obs, "truncated" if obs.payload_chunks else "failed", failure)
+        except Exception:
+            self.internal_error("finish")
+
+    def _silent_reason(self, obs: StreamObservation) -> TruncationReason:
+        decoder = obs.decoder
+        saw_event = decoder.last is not None if decoder is not None else obs.chunks > 0
+        if not saw_event:
+            response = obs.response
+            content_type = response.headers.get("content-type", "") if response is not None else ""
+            if "text/event-stream" not in content_type:
+                return "non_sse_body"
+        if decoder is not None and decoder.partial:
+            return "partial_event"
+        return "eof_before_done"
+
+    def _is_complete(self, obs: StreamObservation) -> bool:
+        if obs.operation == "responses":
+            return obs.terminal is not None
+        done = obs.done_seen
+        if done is not None:
+            return done
+        # Fallback when the decoder hook is gone: every choice reported a finish reason.
+        return bool(obs.finish_reasons)
+
+    def end_of_stream(self, obs: StreamObservation) -> StreamTruncatedError | None:
+        """The SDK's iterator ended without error. Returns the ``StreamTruncatedError`` to raise
+        when the stream ended silently before its terminal marker and ``on_truncation="raise"``."""
+        try:
+            if obs.ended:
+                return None
+            failure: Failure | None
+            if self._is_complete(obs):
+                error = obs.in_stream_error
+                failure = classify_in_stream_event(*error) if error is not None else None
+            else:
+                reason = self._silent_reason(obs)
+                if obs.in_stream_error is not None:
+                    failure = classify_in_stream_event(*obs.in_stream_error)
+                else:
+                    failure = silent_end_failure(reason)
+            if failure is None:
+                self.finish(obs, "completed", None)
+                return None
+            self.finish(obs, "truncated" if obs.payload_chunks else "failed", failure)
+            silent = not self._is_complete(obs)
+            if silent and self.settings.on_truncation == "raise":
+                return StreamTruncatedError(
+                    reason=failure.reason or "eof_before_done",
+                    chunks_received=obs.chunks,
+                    partial_text=obs.partial_text,
+                    request_id=obs.request_id,
+                    request=obs.response.request if obs.response is not None else _NO_REQUEST,
+                )
+            return None
+        except Exception:
+            self.internal_error("finish")
+            return None
+
+    def abandoned(self, obs: StreamObservation) -> None:
+        """The consumer closed or dropped the stream. Complete if the answer was already whole."""
+        if obs.ended:
+            return
+        try:
+            complete = (
+                obs.terminal is not None
+                if obs.operation == "responses"
+                else bool(obs.done_seen) or bool(obs.finish_reasons)
+            )
+            if complete and obs.in_stream_error is None:
+                self.finish(obs, "completed", None)
+            else:
+                self.finish(obs, "abandoned", None)
+        except Exception:
+            self.internal_error("finish")
+
+    def finish(self, obs: StreamObservation, outcome: Any, failure: Failure | None) -> None:
+        """Classify once and hand the observation to every sink, each guarded on its own."""
+        if obs.ended:
+            return
+        obs.ended = True
+        end = perf_counter()
+        obs.outcome = outcome
+        if failure is not None:
+            obs.error_type = failure.error_type
+            obs.reason = failure.reason
+        try:
+            if failure is not None and failure.reason is not None and failure.rate_limit_kind is not None:
+                # In-stream rate-limit/quota errors; HTTP 429s were counted per attempt.
+                obs.labels.record_rate_limit(failure.rate_limit_kind)
+                logs.rate_limited(obs, kind=failure.rate_limit_kind, status=None)
+            obs.labels.record_stream(obs, end)
+        except Exception:
+            self.internal_error("metrics")
+        try:
+            tracing.end_span(obs, end, capture_content=self.settings.capture_content)
+        except Exception:
+            self.internal_error("tracing")
+        try:
+            logs.finished(obs, end - obs.start, capture_content=self.settings.capture_content)
+        except Exception:
+            self.internal_error("logging")
+
+    # -- opt-in per-chunk extras -----------------------------------------------------------------
+
+    def chunk_extras(self, obs: StreamObservation, item: Any, gap: float) -> None:
+        """DEBUG ``stream.chunk`` lines and ``chunk_events="all"`` span events (off by default)."""
+        if obs.debug:
+            logs.chunk(obs, gap)
+        if self.settings.chunk_events == "all":
+            attributes: dict[str, Any] = {"streamsentinel.chunk": obs.chunks, "streamsentinel.gap": gap}
+            if self.settings.capture_content and obs.text:
+                attributes["streamsentinel.text"] = obs.text[-1]
+            obs.span.add_event("streamsentinel.chunk", attributes)
+
+
+_NO_REQUEST = httpx2.Request("POST", "http://unknown")

@@ -1,0 +1,85 @@
+"""Helpers shared by the tests: constants, request kwargs and the telemetry reader."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx2
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from prometheus_client import CollectorRegistry
+
+import streamsentinel
+
+# ../shared beside the checkout (read-only reference material; never copied into the repo).
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+RECORDINGS_DIR = SHARED / "recorded-streams"
+
+TIMEOUT = httpx2.Timeout(10.0, connect=2.0)
+STALL_TIMEOUT = httpx2.Timeout(0.5, connect=2.0)
+MODEL = "gpt-4o-mini"
+
+
+@dataclass
+class Telemetry:
+    """What streamsentinel exported during a test."""
+
+    registry: CollectorRegistry
+    exporter: InMemorySpanExporter
+    sentinel: streamsentinel.Sentinel
+
+    def value(self, name: str, **labels: str) -> float:
+        """Sum of the samples of ``name`` whose labels include ``labels`` (0.0 when none)."""
+        total = 0.0
+        for family in self.registry.collect():
+            for sample in family.samples:
+                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                    total += sample.value
+        return total
+
+    def by(self, name: str, label: str, **labels: str) -> dict[str, float]:
+        """Non-zero values of ``name`` per value of ``label``."""
+        out: dict[str, float] = {}
+        for family in self.registry.collect():
+            for sample in family.samples:
+                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                    key = sample.labels.get(label, "")
+                    out[key] = out.get(key, 0.0) + sample.value
+        return {k: v for k, v in out.items() if v}
+
+    def spans(self) -> tuple[ReadableSpan, ...]:
+        return self.exporter.get_finished_spans()
+
+    def only_span(self) -> ReadableSpan:
+        spans = self.spans()
+        assert len(spans) == 1, [s.name for s in spans]
+        return spans[0]
+
+
+def make_telemetry(**options: Any) -> Telemetry:
+    registry = CollectorRegistry()
+    provider = TracerProvider()
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    sentinel = streamsentinel.instrument(registry=registry, tracer_provider=provider, **options)
+    return Telemetry(registry, exporter, sentinel)
+
+
+def chat_kwargs(**extra: Any) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Tell me about streams"}],
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    kwargs.update(extra)
+    return kwargs
+
+
+def responses_kwargs(**extra: Any) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"model": MODEL, "input": "Tell me about streams", "stream": True}
+    kwargs.update(extra)
+    return kwargs
