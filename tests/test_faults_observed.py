@@ -47,14 +47,22 @@ def expectations(api: str) -> dict[str, Expect]:
         "eof_chunked": Expect(AFTER, StreamTruncatedError, "truncated", "eof_before_done", "truncated"),
         "eof_close": Expect(AFTER, StreamTruncatedError, "truncated", "eof_before_done", "truncated"),
         "partial_event": Expect(AFTER, StreamTruncatedError, "truncated", "partial_event", "truncated"),
-        "fin_in_chunk": Expect(AFTER, openai.APIConnectionError, "truncated", "connection_lost", "connection_error"),
+        "fin_in_chunk": Expect(
+            AFTER, openai.APIConnectionError, "truncated", "connection_lost", "connection_error"
+        ),
         "reset": Expect(AFTER, openai.APIConnectionError, "truncated", "connection_lost", "connection_error"),
         "stall_mid_stream": Expect(AFTER, openai.APITimeoutError, "truncated", "timeout", "timeout"),
         "stall_before_first_token": Expect(0, openai.APITimeoutError, "failed", "timeout", "timeout"),
-        "stall_before_headers": Expect(0, openai.APITimeoutError, "failed", None, "timeout", raised_by_create=True),
+        "stall_before_headers": Expect(
+            0, openai.APITimeoutError, "failed", None, "timeout", raised_by_create=True
+        ),
         "error_event": in_stream_nested,
-        "error_event_flat": Expect(AFTER + 1, StreamTruncatedError, "truncated", "in_stream_error", "server_error"),
-        "malformed_json": Expect(AFTER, json.JSONDecodeError, "truncated", "malformed_event", "malformed_event"),
+        "error_event_flat": Expect(
+            AFTER + 1, StreamTruncatedError, "truncated", "in_stream_error", "server_error"
+        ),
+        "malformed_json": Expect(
+            AFTER, json.JSONDecodeError, "truncated", "malformed_event", "malformed_event"
+        ),
         "json_body_200": Expect(0, StreamTruncatedError, "failed", "non_sse_body", "truncated"),
         "rate_limit_requests": Expect(
             0, openai.RateLimitError, "failed", None, "rate_limited", "requests", raised_by_create=True

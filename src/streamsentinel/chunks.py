@@ -146,9 +146,7 @@ def _responses_terminal(obs: StreamObservation, item: Any) -> None:
         obs.finish_reasons[0] = _INCOMPLETE_REASONS.get(reason or "", reason or "incomplete")
     else:  # response.failed
         error = response.error
-        obs.in_stream_error = (
-            (error.code, error.message) if error is not None else (None, "response.failed")
-        )
+        obs.in_stream_error = (error.code, error.message) if error is not None else (None, "response.failed")
 
 
 def read_responses(obs: StreamObservation, item: Any, now: float) -> None:

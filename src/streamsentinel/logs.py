@@ -10,6 +10,7 @@ below INFO are dropped so an unconfigured service is not flooded with per-chunk 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import structlog
@@ -20,8 +21,17 @@ LOGGER_NAME = "streamsentinel"
 _log = structlog.get_logger(LOGGER_NAME)
 
 
-def debug_enabled() -> bool:
-    """Whether DEBUG events would be emitted (checked once per stream, not per chunk)."""
+_DEBUG_RECHECK_SECONDS = 1.0
+# [checked at (monotonic s), structlog config identity, enabled]
+_debug_cache: list[Any] = [-1.0, None, False]
+
+
+def _config_identity() -> tuple[int, int, int]:
+    config = structlog.get_config()
+    return id(config["processors"]), id(config["wrapper_class"]), id(config["logger_factory"])
+
+
+def _check_debug() -> bool:
     if not structlog.is_configured():
         return False
     try:
@@ -30,6 +40,19 @@ def debug_enabled() -> bool:
         return bool(is_enabled_for(logging.DEBUG)) if is_enabled_for is not None else True
     except Exception:
         return False
+
+
+def debug_enabled() -> bool:
+    """Whether DEBUG events would be emitted; asked once per stream. Binding a structlog logger to
+    ask costs more than the rest of a stream's bookkeeping, so the answer is kept until structlog is
+    reconfigured or a second has passed (a stdlib level can change without a reconfiguration)."""
+    now = time.monotonic()
+    identity = _config_identity()
+    if identity != _debug_cache[1] or now - _debug_cache[0] >= _DEBUG_RECHECK_SECONDS:
+        _debug_cache[2] = _check_debug()
+        _debug_cache[1] = identity
+        _debug_cache[0] = now
+    return bool(_debug_cache[2])
 
 
 def _ids(obs: StreamObservation) -> dict[str, Any]:
@@ -56,9 +79,7 @@ def chunk(obs: StreamObservation, gap: float) -> None:
 
 
 def retry(obs: StreamObservation, *, layer: str, reason: str, attempt: int, delay: float | None) -> None:
-    _log.info(
-        "stream.retry", layer=layer, reason=reason, attempt=attempt, delay_seconds=delay, **_ids(obs)
-    )
+    _log.info("stream.retry", layer=layer, reason=reason, attempt=attempt, delay_seconds=delay, **_ids(obs))
 
 
 def rate_limited(obs: StreamObservation, *, kind: str, status: int | None) -> None:
@@ -72,17 +93,18 @@ def finished(obs: StreamObservation, duration: float, *, capture_content: bool) 
     fields["outcome"] = obs.outcome
     fields["duration_seconds"] = round(duration, 6)
     fields["chunks"] = obs.chunks
-    fields["max_chunk_gap_seconds"] = round(obs.max_gap, 6)
-    fields["sdk_retries"] = obs.sdk_retries
-    # Only what is known: absent fields cost nothing to render.
+    # Only what is known or unusual: every field costs the application's renderer.
     if obs.first_at is not None:
         fields["ttft_seconds"] = round(obs.first_at - obs.start, 6)
+    if obs.chunks > 1:
+        fields["max_chunk_gap_seconds"] = round(obs.max_gap, 6)
     if obs.finish_reasons:
         fields["finish_reasons"] = obs.finish_reason_list
-    done = obs.done_seen
-    if done is not None:
-        fields["done_seen"] = done
-    for name in ("response_id", "request_id", "input_tokens", "output_tokens"):
+    if obs.sdk_retries:
+        fields["sdk_retries"] = obs.sdk_retries
+    if obs.done_seen is False:
+        fields["done_seen"] = False
+    for name in ("request_id", "response_id", "input_tokens", "output_tokens"):
         value = getattr(obs, name)
         if value is not None:
             fields[name] = value

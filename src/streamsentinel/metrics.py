@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import weakref
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
@@ -52,7 +52,7 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         b = BASE_LABELS
-        kw = {"registry": registry}
+        kw: dict[str, Any] = {"registry": registry}
         self.requests = Counter(
             "openai_stream_requests_total",
             "Streaming requests by outcome (completed, truncated, failed, abandoned; rejected later).",
@@ -90,9 +90,7 @@ class Metrics:
             [*b, "finish_reason"],
             **kw,
         )
-        self.chunks = Counter(
-            "openai_stream_chunks_total", "Items delivered to consumers.", list(b), **kw
-        )
+        self.chunks = Counter("openai_stream_chunks_total", "Items delivered to consumers.", list(b), **kw)
         self.tokens = Counter(
             "openai_stream_tokens_total",
             "Tokens reported in stream usage, by token_type (input, output, reasoning, cached_input).",
@@ -170,9 +168,10 @@ class Metrics:
 
 
 class BoundMetrics:
-    """Children of the hot metrics for one ``(operation, model, server)``, bound once."""
+    """Children of the metrics for one ``(operation, model, server)``, bound once and cached, so
+    recording a stream costs no label lookup."""
 
-    __slots__ = ("chunks", "families", "in_flight", "key", "max_gap", "tokens", "ttft")
+    __slots__ = ("_by_label", "chunks", "families", "in_flight", "key", "max_gap", "tokens", "ttft")
 
     def __init__(self, metrics: Metrics, key: tuple[str, str, str]) -> None:
         self.families = metrics
@@ -184,25 +183,35 @@ class BoundMetrics:
         self.tokens = {
             t: metrics.tokens.labels(*key, t) for t in ("input", "output", "reasoning", "cached_input")
         }
+        # (family, extra label values) -> child; extra values come from bounded sets.
+        self._by_label: dict[tuple[Any, tuple[str, ...]], Any] = {}
+
+    def child(self, family: Any, *extra: str) -> Any:
+        """The child of ``family`` for this label set plus ``extra`` label values (cached)."""
+        cache_key = (family, extra)
+        child = self._by_label.get(cache_key)
+        if child is None:
+            child = self._by_label[cache_key] = family.labels(*self.key, *extra)
+        return child
 
     def record_stream(self, obs: StreamObservation, end: float) -> None:
         """Record a finished stream: one call per metric, never per chunk."""
         m = self.families
-        key = self.key
+        child = self.child
         outcome = obs.outcome or "completed"
-        m.requests.labels(*key, outcome).inc()
-        m.duration.labels(*key, outcome).observe(end - obs.start)
+        child(m.requests, outcome).inc()
+        child(m.duration, outcome).observe(end - obs.start)
         if obs.reason is not None:
-            m.truncations.labels(*key, obs.reason).inc()
+            child(m.truncations, obs.reason).inc()
         if obs.error_type is not None:
-            m.errors.labels(*key, obs.error_type).inc()
+            child(m.errors, obs.error_type).inc()
         if obs.chunks:
             self.chunks.inc(obs.chunks)
             self.max_gap.observe(obs.max_gap)
         if obs.first_at is not None:
             self.ttft.observe(obs.first_at - obs.start)
         for finish_reason in obs.finish_reasons.values():
-            m.finish_reasons.labels(*key, finish_reason).inc()
+            child(m.finish_reasons, finish_reason).inc()
         tokens = self.tokens
         if obs.input_tokens:
             tokens["input"].inc(obs.input_tokens)
@@ -215,20 +224,20 @@ class BoundMetrics:
         self.in_flight.dec()
 
     def record_retry(self, layer: str, reason: str) -> None:
-        self.families.retries.labels(*self.key, layer, reason).inc()
+        self.child(self.families.retries, layer, reason).inc()
 
     def record_rate_limit(self, kind: str) -> None:
-        self.families.rate_limit_events.labels(*self.key, kind).inc()
+        self.child(self.families.rate_limit_events, kind).inc()
 
     def record_rate_limit_headers(self, snapshots: list[RateLimitSnapshot]) -> None:
         m = self.families
         for snap in snapshots:
             if snap.remaining is not None:
-                m.rl_remaining.labels(*self.key, snap.resource).set(snap.remaining)
+                self.child(m.rl_remaining, snap.resource).set(snap.remaining)
             if snap.limit is not None:
-                m.rl_limit.labels(*self.key, snap.resource).set(snap.limit)
+                self.child(m.rl_limit, snap.resource).set(snap.limit)
             if snap.reset_seconds is not None:
-                m.rl_reset.labels(*self.key, snap.resource).set(snap.reset_seconds)
+                self.child(m.rl_reset, snap.resource).set(snap.reset_seconds)
 
 
 _BY_REGISTRY: weakref.WeakKeyDictionary[CollectorRegistry, Metrics] = weakref.WeakKeyDictionary()

@@ -17,9 +17,9 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import wrapt
+from openai._streaming import SSEDecoder
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from openai._streaming import SSEDecoder
 
 from .sentinel import CURRENT, Sentinel
 from .sse import ObservedSSEDecoder
@@ -55,7 +55,9 @@ def _observed(kwargs: Mapping[str, Any]) -> bool:
 
 
 def _sync_entry(sentinel: Sentinel, operation: str) -> Callable[..., Any]:
-    def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def wrapper(
+        wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
         if not _observed(kwargs):
             return wrapped(*args, **kwargs)
         try:
@@ -79,7 +81,9 @@ def _sync_entry(sentinel: Sentinel, operation: str) -> Callable[..., Any]:
 
 
 def _async_entry(sentinel: Sentinel, operation: str) -> Callable[..., Any]:
-    async def observed(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    async def observed(
+        wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
         try:
             obs = sentinel.begin(operation, instance, kwargs)
         except Exception:
@@ -97,7 +101,9 @@ def _async_entry(sentinel: Sentinel, operation: str) -> Callable[..., Any]:
             CURRENT.reset(var_token)
         return sentinel.wrap_stream(obs, result)
 
-    def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def wrapper(
+        wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
         # AsyncCompletions.create is not a coroutine function (a sync decorator wraps it): return
         # the SDK's own awaitable untouched unless we observe the call.
         if not _observed(kwargs):
@@ -108,7 +114,9 @@ def _async_entry(sentinel: Sentinel, operation: str) -> Callable[..., Any]:
 
 
 def _sync_send(sentinel: Sentinel) -> Callable[..., Any]:
-    def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def wrapper(
+        wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
         obs = CURRENT.get()
         if obs is None:
             return wrapped(*args, **kwargs)
@@ -129,7 +137,9 @@ def _sync_send(sentinel: Sentinel) -> Callable[..., Any]:
 
 
 def _async_send(sentinel: Sentinel) -> Callable[..., Any]:
-    async def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    async def wrapper(
+        wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
         obs = CURRENT.get()
         if obs is None:
             return await wrapped(*args, **kwargs)
@@ -150,7 +160,9 @@ def _async_send(sentinel: Sentinel) -> Callable[..., Any]:
 
 
 def _sync_sleep(sentinel: Sentinel) -> Callable[..., Any]:
-    def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def wrapper(
+        wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
         obs = CURRENT.get()
         if obs is not None:
             sentinel.sdk_retry(obs, kwargs.get("retries_taken", 0), kwargs.get("response"))
@@ -160,7 +172,9 @@ def _sync_sleep(sentinel: Sentinel) -> Callable[..., Any]:
 
 
 def _async_sleep(sentinel: Sentinel) -> Callable[..., Any]:
-    async def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    async def wrapper(
+        wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
         obs = CURRENT.get()
         if obs is not None:
             sentinel.sdk_retry(obs, kwargs.get("retries_taken", 0), kwargs.get("response"))
@@ -169,7 +183,9 @@ def _async_sleep(sentinel: Sentinel) -> Callable[..., Any]:
     return wrapper
 
 
-def _make_sse_decoder(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+def _make_sse_decoder(
+    wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
     decoder = wrapped(*args, **kwargs)
     # Only replace the SDK's own decoder; a custom one is left alone (fallback detection applies).
     return ObservedSSEDecoder() if type(decoder) is SSEDecoder else decoder

@@ -103,7 +103,7 @@ async def _aobserve(
         yield item
 
 
-class _ObservedBase(wrapt.ObjectProxy):  # type: ignore[misc]
+class _ObservedBase(wrapt.ObjectProxy):  # type: ignore[type-arg]
     def __init__(self, wrapped: Any, obs: StreamObservation, sentinel: Sentinel) -> None:
         super().__init__(wrapped)
         self._self_obs = obs
@@ -120,9 +120,7 @@ class _ObservedBase(wrapt.ObjectProxy):  # type: ignore[misc]
 class ObservedStream(_ObservedBase):
     """A synchronous ``openai.Stream`` under observation."""
 
-    def __init__(
-        self, wrapped: Any, obs: StreamObservation, sentinel: Sentinel, reader: ChunkReader
-    ) -> None:
+    def __init__(self, wrapped: Any, obs: StreamObservation, sentinel: Sentinel, reader: ChunkReader) -> None:
         super().__init__(wrapped, obs, sentinel)
         self._self_items = _observe(wrapped.__next__, obs, sentinel, reader)
         self._self_next = self._self_items.__next__
@@ -149,9 +147,7 @@ class ObservedStream(_ObservedBase):
 class ObservedAsyncStream(_ObservedBase):
     """An ``openai.AsyncStream`` under observation."""
 
-    def __init__(
-        self, wrapped: Any, obs: StreamObservation, sentinel: Sentinel, reader: ChunkReader
-    ) -> None:
+    def __init__(self, wrapped: Any, obs: StreamObservation, sentinel: Sentinel, reader: ChunkReader) -> None:
         super().__init__(wrapped, obs, sentinel)
         self._self_items = _aobserve(wrapped.__anext__, obs, sentinel, reader)
         self._self_anext = self._self_items.__anext__

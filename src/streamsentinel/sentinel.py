@@ -32,7 +32,6 @@ from .proxy import ObservedAsyncStream, ObservedStream
 from .ratelimit import classify_429, json_or_none, parse_headers, retry_delay_seconds
 from .sse import ObservedSSEDecoder
 from .taxonomy import (
-    SILENT_REASONS,
     Failure,
     TruncationReason,
     classify_in_stream_event,
@@ -208,8 +207,11 @@ class Sentinel:
                 Anomaly(
                     "retry",
                     perf_counter() - obs.start,
-                    {"streamsentinel.layer": "sdk", "streamsentinel.reason": reason,
-                     "streamsentinel.attempt": retries_taken + 1},
+                    {
+                        "streamsentinel.layer": "sdk",
+                        "streamsentinel.reason": reason,
+                        "streamsentinel.attempt": retries_taken + 1,
+                    },
                 )
             )
             logs.retry(obs, layer="sdk", reason=reason, attempt=retries_taken + 1, delay=delay)
@@ -225,11 +227,7 @@ class Sentinel:
             if failure is None:
                 self.finish(obs, "abandoned", None)
                 return
-            if (
-                failure.rate_limit_kind is not None
-                and not obs.rate_limit_kinds
-                and not obs.ended
-            ):
+            if failure.rate_limit_kind is not None and not obs.rate_limit_kinds and not obs.ended:
                 # The attempt hook did not see this 429 (hook missing): count it here.
                 obs.labels.record_rate_limit(failure.rate_limit_kind)
                 logs.rate_limited(obs, kind=failure.rate_limit_kind, status=429)
@@ -246,6 +244,8 @@ class Sentinel:
             if failure is None:
                 self.finish(obs, "abandoned", None)
             else:
+                if failure.reason == "in_stream_error" and isinstance(exc, openai.APIError):
+                    obs.in_stream_error = (exc.code, "")
                 self.finish(obs, "truncated" if obs.payload_chunks else "failed", failure)
         except Exception:
             self.internal_error("finish")

@@ -21,7 +21,6 @@ from .observation import StreamObservation
 # GenAI semantic-convention attribute names (semantic-conventions-genai, client spans).
 GEN_AI_OPERATION_NAME = "gen_ai.operation.name"
 GEN_AI_PROVIDER_NAME = "gen_ai.provider.name"
-GEN_AI_SYSTEM = "gen_ai.system"  # older name, kept for backends that still group by it
 GEN_AI_REQUEST_MODEL = "gen_ai.request.model"
 GEN_AI_REQUEST_STREAM = "gen_ai.request.stream"
 GEN_AI_REQUEST_MAX_TOKENS = "gen_ai.request.max_tokens"
@@ -72,11 +71,9 @@ def start_span(
     attributes: dict[str, Any] = {
         GEN_AI_OPERATION_NAME: semconv_op,
         GEN_AI_PROVIDER_NAME: "openai",
-        GEN_AI_SYSTEM: "openai",
         GEN_AI_REQUEST_MODEL: request_model,
         GEN_AI_REQUEST_STREAM: True,
         SERVER_ADDRESS: server,
-        "streamsentinel.api": operation,
     }
     if server_port is not None:
         attributes[SERVER_PORT] = server_port
@@ -131,6 +128,15 @@ def end_span(obs: StreamObservation, end: float, *, capture_content: bool) -> No
         span.add_event("streamsentinel.first_token", {"streamsentinel.ttft": ttft}, _ns(obs, ttft))
     for anomaly in obs.anomalies:
         span.add_event(f"streamsentinel.{anomaly.name}", anomaly.attributes, _ns(obs, anomaly.at))
+    if obs.reason == "in_stream_error":
+        error: dict[str, Any] = {"streamsentinel.error_type": obs.error_type or "in_stream_error"}
+        if obs.in_stream_error is not None and obs.in_stream_error[0]:
+            error["streamsentinel.error_code"] = obs.in_stream_error[0]
+        span.add_event(
+            "streamsentinel.in_stream_error",
+            error,
+            _ns(obs, (obs.last_at if obs.chunks else end) - obs.start),
+        )
     if obs.reason is not None:
         event: dict[str, Any] = {"streamsentinel.reason": obs.reason, "streamsentinel.chunks": obs.chunks}
         if capture_content:

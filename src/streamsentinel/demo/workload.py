@@ -1,0 +1,121 @@
+"""The demo's traffic: N streaming requests (sync and async, chat and Responses) at a concurrency,
+each consumed to the end the way an application would, recording what the consumer saw."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import openai
+
+KINDS = ("sync-chat", "async-chat", "sync-responses", "async-responses")
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerResult:
+    """What one consumer saw: ``items`` received, and the exception class name that ended its
+    stream (None when it ended cleanly)."""
+
+    index: int
+    kind: str
+    items: int
+    error: str | None
+
+
+def _request(kind: str, index: int, model: str) -> tuple[str, dict[str, Any]]:
+    prompt = f"Request {index}: tell me about stream resilience."
+    # One id per logical request: the server's log groups the SDK's retries by it.
+    headers = {"X-Client-Request-Id": f"demo-{index}"}
+    if kind.endswith("chat"):
+        return "chat", {
+            "extra_headers": headers,
+            "model": model,
+            "messages": [{"role": "user", "content": prompt}],
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+    return "responses", {"model": model, "input": prompt, "stream": True, "extra_headers": headers}
+
+
+def _consume_sync(client: openai.OpenAI, kind: str, index: int, model: str) -> ConsumerResult:
+    api, kwargs = _request(kind, index, model)
+    items = 0
+    try:
+        create = client.chat.completions.create if api == "chat" else client.responses.create
+        with create(**kwargs) as stream:
+            for _ in stream:
+                items += 1
+    except Exception as exc:  # the consumer's own error handling: note it and go on
+        return ConsumerResult(index, kind, items, type(exc).__name__)
+    return ConsumerResult(index, kind, items, None)
+
+
+async def _consume_async(client: openai.AsyncOpenAI, kind: str, index: int, model: str) -> ConsumerResult:
+    api, kwargs = _request(kind, index, model)
+    items = 0
+    try:
+        create = client.chat.completions.create if api == "chat" else client.responses.create
+        async with await create(**kwargs) as stream:
+            async for _ in stream:
+                items += 1
+    except Exception as exc:
+        return ConsumerResult(index, kind, items, type(exc).__name__)
+    return ConsumerResult(index, kind, items, None)
+
+
+def run_workload(
+    *,
+    requests: int,
+    concurrency: int,
+    make_sync: Callable[[], openai.OpenAI],
+    make_async: Callable[[], openai.AsyncOpenAI],
+    model: str,
+    on_done: Callable[[ConsumerResult], None],
+) -> list[ConsumerResult]:
+    """Run ``requests`` streams: kinds round-robin over ``KINDS``; the sync half in a thread pool of
+    ``concurrency`` threads, the async half in an event loop with ``concurrency`` tasks at once,
+    both at the same time. Returns the results in request order."""
+    results: list[ConsumerResult] = []
+    lock = threading.Lock()
+
+    def done(result: ConsumerResult) -> None:
+        with lock:
+            results.append(result)
+        on_done(result)
+
+    sync_jobs = [(i, KINDS[i % 4]) for i in range(requests) if KINDS[i % 4].startswith("sync")]
+    async_jobs = [(i, KINDS[i % 4]) for i in range(requests) if KINDS[i % 4].startswith("async")]
+
+    sync_client = make_sync()
+    pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="demo-sync")
+
+    def run_sync(index: int, kind: str) -> None:
+        done(_consume_sync(sync_client, kind, index, model))
+
+    futures = [pool.submit(run_sync, i, k) for i, k in sync_jobs]
+
+    async def run_async() -> None:
+        client = make_async()
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one(i: int, k: str) -> None:
+            async with gate:
+                done(await _consume_async(client, k, i, model))
+
+        try:
+            await asyncio.gather(*(one(i, k) for i, k in async_jobs))
+        finally:
+            await client.close()
+
+    try:
+        asyncio.run(run_async())
+        for future in futures:
+            future.result()
+    finally:
+        pool.shutdown(wait=True)
+        sync_client.close()
+    return sorted(results, key=lambda r: r.index)
