@@ -47,7 +47,8 @@ def _is_raw(kwargs: Mapping[str, Any]) -> bool:
     headers = kwargs.get("extra_headers")
     if not headers:
         return False
-    return any(str(k).lower() == _RAW_RESPONSE_HEADER.lower() for k in headers)
+    # The SDK's helpers set this exact spelling; a user-set header may be lower-case.
+    return _RAW_RESPONSE_HEADER in headers or _RAW_RESPONSE_HEADER.lower() in headers
 
 
 def _observed(kwargs: Mapping[str, Any]) -> bool:
@@ -186,9 +187,16 @@ def _async_sleep(sentinel: Sentinel) -> Callable[..., Any]:
 def _make_sse_decoder(
     wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Any:
-    decoder = wrapped(*args, **kwargs)
-    # Only replace the SDK's own decoder; a custom one is left alone (fallback detection applies).
-    return ObservedSSEDecoder() if type(decoder) is SSEDecoder else decoder
+    # install() checked that the SDK's own method returns a plain SSEDecoder: no need to build one.
+    return ObservedSSEDecoder()
+
+
+def _check_sse_decoder_factory() -> None:
+    from openai._base_client import BaseClient
+
+    made = BaseClient.__dict__["_make_sse_decoder"](None)
+    if type(made) is not SSEDecoder:
+        raise TypeError(f"BaseClient._make_sse_decoder returns {type(made)!r}, expected SSEDecoder")
 
 
 def _patch(module_name: str, class_name: str, method: str, wrapper: Callable[..., Any]) -> None:
@@ -211,6 +219,7 @@ def install(sentinel: Sentinel) -> None:
         _patch(base, "AsyncAPIClient", "_send_request", _async_send(sentinel))
         _patch(base, "SyncAPIClient", "_sleep_for_retry", _sync_sleep(sentinel))
         _patch(base, "AsyncAPIClient", "_sleep_for_retry", _async_sleep(sentinel))
+        _check_sse_decoder_factory()
         _patch(base, "BaseClient", "_make_sse_decoder", _make_sse_decoder)
     except Exception:
         remove()

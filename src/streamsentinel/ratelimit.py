@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, Literal
+from functools import lru_cache
+from typing import Any, Literal, NamedTuple
 
 RateLimitKind = Literal["requests", "tokens", "quota", "too_large", "in_stream"]
 """Bounded values of the ``kind`` label of ``openai_stream_rate_limit_events_total``."""
@@ -33,6 +33,7 @@ _UNIT_SECONDS = {
 _TRY_AGAIN = re.compile(r"try again in (\d+(?:\.\d+)?)(ms|s)\b", re.IGNORECASE)
 
 
+@lru_cache(maxsize=1024)  # reset values repeat across responses; parsing is a regex walk
 def parse_go_duration(text: str) -> float | None:
     """Seconds in a Go duration string (``"6m0s"`` -> 360.0, ``"12ms"`` -> 0.012), or None if invalid."""
     text = text.strip()
@@ -50,8 +51,7 @@ def parse_go_duration(text: str) -> float | None:
     return total if pos == len(text) else None
 
 
-@dataclass(frozen=True, slots=True)
-class RateLimitSnapshot:
+class RateLimitSnapshot(NamedTuple):
     """One resource's rate-limit headers: ``limit`` and ``remaining`` in requests or tokens,
     ``reset_seconds`` until full; each None when its header is absent or malformed."""
 

@@ -145,7 +145,8 @@ class Sentinel:
             decoder = getattr(result, "_decoder", None)
             obs.decoder = decoder if isinstance(decoder, ObservedSSEDecoder) else None
             obs.response = result.response
-            obs.request_id = result.response.headers.get("x-request-id")
+            if obs.request_id is None:  # the attempt hook normally set it
+                obs.request_id = result.response.headers.get("x-request-id")
             return proxy_cls(result, obs, self, READERS[obs.operation])
         except Exception:
             self.internal_error("wrap")

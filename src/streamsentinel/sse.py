@@ -21,17 +21,15 @@ class ObservedSSEDecoder(SSEDecoder):
     unchanged.
     """
 
-    last: ServerSentEvent | None
-    partial: bool
-
-    def __init__(self) -> None:
-        self.last = None
-        self.partial = False
-        super().__init__()
+    last: ServerSentEvent | None = None
+    partial: bool = False
+    # Class-level defaults so _reset() (first called from SSEDecoder.__init__) can read them.
+    _data: list[str] = []  # noqa: RUF012 (never mutated: _reset() assigns a fresh list)
+    _event: str | None = None
 
     def _reset(self) -> None:
         # Runs when the byte iterator ends: leftover fields are an event the SDK drops.
-        if getattr(self, "_data", None) or getattr(self, "_event", None):
+        if self._data or self._event:
             self.partial = True
         super()._reset()
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx2
 import openai
 import structlog
+from prometheus_client import CollectorRegistry
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -99,8 +100,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         server = ChaosServer(plan, seed=args.seed, recordings=recordings).start()
         base_url = server.base_url
 
-    instrument()
-    metrics_server, _thread = start_metrics_server(args.metrics_port)
+    # A registry of its own: the accounting must see this run's counts only.
+    registry = CollectorRegistry()
+    instrument(registry=registry)
+    metrics_server, _thread = start_metrics_server(args.metrics_port, registry=registry)
     metrics_url = f"http://127.0.0.1:{metrics_server.server_port}/metrics"
     timeout = httpx2.Timeout(args.read_timeout, connect=5.0)
     console.print(f"target: {base_url}   metrics: {metrics_url}   logs: {log_path}")
