@@ -125,8 +125,10 @@ class ObservedStream(_ObservedBase):
         self._self_items = _observe(wrapped.__next__, obs, sentinel, reader)
         self._self_next = self._self_items.__next__
 
-    def __iter__(self) -> Iterator[Any]:
-        return self._self_items
+    def __iter__(self) -> ObservedStream:
+        # The proxy itself, not the generator: a `for` over `create(...)` holds only what
+        # iter() returned, and the proxy must stay alive (its finalizer means "abandoned").
+        return self
 
     def __next__(self) -> Any:
         return self._self_next()
@@ -152,8 +154,8 @@ class ObservedAsyncStream(_ObservedBase):
         self._self_items = _aobserve(wrapped.__anext__, obs, sentinel, reader)
         self._self_anext = self._self_items.__anext__
 
-    def __aiter__(self) -> AsyncIterator[Any]:
-        return self._self_items
+    def __aiter__(self) -> ObservedAsyncStream:
+        return self  # see ObservedStream.__iter__
 
     def __anext__(self) -> Awaitable[Any]:
         return self._self_anext()

@@ -259,7 +259,7 @@ class Sentinel:
             content_type = response.headers.get("content-type", "") if response is not None else ""
             if "text/event-stream" not in content_type:
                 return "non_sse_body"
-        if decoder is not None and decoder.partial:
+        if decoder is not None and decoder.ended_inside_event:
             return "partial_event"
         return "eof_before_done"
 

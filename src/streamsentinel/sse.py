@@ -15,20 +15,22 @@ __all__ = ["ObservedSSEDecoder"]
 
 
 class ObservedSSEDecoder(SSEDecoder):
-    """An ``SSEDecoder`` that remembers the last event it emitted and whether an event was cut.
+    """An ``SSEDecoder`` that remembers the last event it emitted and whether the body ended inside
+    an event.
 
-    Per event it costs one generator step and one attribute store; the events are passed through
-    unchanged.
+    Per event it costs one generator step and one attribute store; per network read, one more
+    generator step (to keep a reference to the last bytes read). Events and bytes pass unchanged.
     """
 
     last: ServerSentEvent | None = None
     partial: bool = False
+    _last_read: bytes = b""
     # Class-level defaults so _reset() (first called from SSEDecoder.__init__) can read them.
     _data: list[str] = []  # noqa: RUF012 (never mutated: _reset() assigns a fresh list)
     _event: str | None = None
 
     def _reset(self) -> None:
-        # Runs when the byte iterator ends: leftover fields are an event the SDK drops.
+        # Runs when the byte iterator ends: fields left over are an event the SDK drops.
         if self._data or self._event:
             self.partial = True
         super()._reset()
@@ -39,12 +41,30 @@ class ObservedSSEDecoder(SSEDecoder):
         last = self.last
         return last is not None and last.data.startswith("[DONE]")
 
+    @property
+    def ended_inside_event(self) -> bool:
+        """The body's end cut an event: fields were pending, or the last byte did not end a line
+        (a cut in an event's first bytes, such as ``dat``, leaves no field behind)."""
+        return self.partial or self._last_read[-1:] not in (b"", b"\n", b"\r")
+
+    def _reads(self, iterator: Iterator[bytes]) -> Iterator[bytes]:
+        for chunk in iterator:
+            if chunk:
+                self._last_read = chunk
+            yield chunk
+
+    async def _areads(self, iterator: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        async for chunk in iterator:
+            if chunk:
+                self._last_read = chunk
+            yield chunk
+
     def iter_bytes(self, iterator: Iterator[bytes]) -> Iterator[ServerSentEvent]:
-        for sse in SSEDecoder.iter_bytes(self, iterator):
+        for sse in SSEDecoder.iter_bytes(self, self._reads(iterator)):
             self.last = sse
             yield sse
 
     async def aiter_bytes(self, iterator: AsyncIterator[bytes]) -> AsyncIterator[ServerSentEvent]:
-        async for sse in SSEDecoder.aiter_bytes(self, iterator):
+        async for sse in SSEDecoder.aiter_bytes(self, self._areads(iterator)):
             self.last = sse
             yield sse
