@@ -7,6 +7,7 @@ chunk (``streamsentinel.chunks``), ``Sentinel.finish`` classifies it once and ha
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +31,10 @@ class Anomaly:
     attributes: dict[str, Any]
 
 
+def _read_nothing(obs: StreamObservation, item: Any, now: float) -> None:
+    """Placeholder reader until the proxy sets the operation's one."""
+
+
 class StreamObservation:
     """What streamsentinel knows about one logical stream request.
 
@@ -46,6 +51,7 @@ class StreamObservation:
         "ended",
         "error_items",
         "error_type",
+        "extras",
         "finish_reasons",
         "first_at",
         "in_stream_error",
@@ -59,6 +65,7 @@ class StreamObservation:
         "outcome",
         "output_tokens",
         "rate_limit_kinds",
+        "reader",
         "reason",
         "reasoning_tokens",
         "request_id",
@@ -97,6 +104,8 @@ class StreamObservation:
         self.start = start
         self.start_ns = start_ns
         self.debug = debug
+        self.reader: Callable[[StreamObservation, Any, float], None] = _read_nothing
+        self.extras = False  # per-chunk DEBUG lines / span events wanted
         # Filled per chunk.
         self.chunks = 0
         self.error_items = 0  # error events the SDK yielded as items (not payload)

@@ -26,17 +26,29 @@ if TYPE_CHECKING:
 
     from .sentinel import Sentinel
 
-# The first gap is measured from the first item: time to first token is not a gap.
 _NEVER = float("inf")
 
 
-def _observe(
-    next_item: Callable[[], Any], obs: StreamObservation, sentinel: Sentinel, reader: ChunkReader
-) -> Iterator[Any]:
-    perf = perf_counter
-    alert = sentinel.settings.gap_anomaly_seconds
-    extras = obs.debug or sentinel.settings.chunk_events == "all"
-    obs.last_at = _NEVER
+def _item_seen(obs: StreamObservation, item: Any, sentinel: Sentinel) -> None:
+    """The per-item bookkeeping shared by the sync and async loops."""
+    now = perf_counter()
+    try:
+        gap = now - obs.last_at
+        obs.last_at = now
+        obs.chunks += 1
+        if gap > obs.max_gap:
+            obs.max_gap = gap
+            if gap >= sentinel.gap_alert:
+                obs.anomalies.append(Anomaly("gap", now - obs.start, {"streamsentinel.gap": gap}))
+        obs.reader(obs, item, now)
+        if obs.extras:
+            sentinel.chunk_extras(obs, item, gap)
+    except Exception:
+        sentinel.internal_error("chunk")
+
+
+def _observe(next_item: Callable[[], Any], obs: StreamObservation, sentinel: Sentinel) -> Iterator[Any]:
+    seen = _item_seen
     while True:
         try:
             item = next_item()
@@ -48,33 +60,14 @@ def _observe(
         except BaseException as exc:
             sentinel.stream_raised(obs, exc)
             raise
-        now = perf()
-        try:
-            gap = now - obs.last_at
-            obs.last_at = now
-            obs.chunks += 1
-            if gap > obs.max_gap:
-                obs.max_gap = gap
-                if gap >= alert:
-                    obs.anomalies.append(Anomaly("gap", now - obs.start, {"streamsentinel.gap": gap}))
-            reader(obs, item, now)
-            if extras:
-                sentinel.chunk_extras(obs, item, gap)
-        except Exception:
-            sentinel.internal_error("chunk")
+        seen(obs, item, sentinel)
         yield item
 
 
 async def _aobserve(
-    next_item: Callable[[], Awaitable[Any]],
-    obs: StreamObservation,
-    sentinel: Sentinel,
-    reader: ChunkReader,
+    next_item: Callable[[], Awaitable[Any]], obs: StreamObservation, sentinel: Sentinel
 ) -> AsyncIterator[Any]:
-    perf = perf_counter
-    alert = sentinel.settings.gap_anomaly_seconds
-    extras = obs.debug or sentinel.settings.chunk_events == "all"
-    obs.last_at = _NEVER
+    seen = _item_seen
     while True:
         try:
             item = await next_item()
@@ -86,28 +79,19 @@ async def _aobserve(
         except BaseException as exc:
             sentinel.stream_raised(obs, exc)
             raise
-        now = perf()
-        try:
-            gap = now - obs.last_at
-            obs.last_at = now
-            obs.chunks += 1
-            if gap > obs.max_gap:
-                obs.max_gap = gap
-                if gap >= alert:
-                    obs.anomalies.append(Anomaly("gap", now - obs.start, {"streamsentinel.gap": gap}))
-            reader(obs, item, now)
-            if extras:
-                sentinel.chunk_extras(obs, item, gap)
-        except Exception:
-            sentinel.internal_error("chunk")
+        seen(obs, item, sentinel)
         yield item
 
 
 class _ObservedBase(wrapt.ObjectProxy):  # type: ignore[type-arg]
-    def __init__(self, wrapped: Any, obs: StreamObservation, sentinel: Sentinel) -> None:
+    def __init__(self, wrapped: Any, obs: StreamObservation, sentinel: Sentinel, reader: ChunkReader) -> None:
         super().__init__(wrapped)
         self._self_obs = obs
         self._self_sentinel = sentinel
+        obs.reader = reader
+        obs.extras = obs.debug or sentinel.settings.chunk_events == "all"
+        # The first gap is measured from the first item: time to first token is not a gap.
+        obs.last_at = _NEVER
 
     def __del__(self) -> None:
         # A stream dropped without close() ends here, exactly once (finish() is idempotent).
@@ -121,8 +105,8 @@ class ObservedStream(_ObservedBase):
     """A synchronous ``openai.Stream`` under observation."""
 
     def __init__(self, wrapped: Any, obs: StreamObservation, sentinel: Sentinel, reader: ChunkReader) -> None:
-        super().__init__(wrapped, obs, sentinel)
-        self._self_items = _observe(wrapped.__next__, obs, sentinel, reader)
+        super().__init__(wrapped, obs, sentinel, reader)
+        self._self_items = _observe(wrapped.__next__, obs, sentinel)
         self._self_next = self._self_items.__next__
 
     def __iter__(self) -> ObservedStream:
@@ -150,8 +134,8 @@ class ObservedAsyncStream(_ObservedBase):
     """An ``openai.AsyncStream`` under observation."""
 
     def __init__(self, wrapped: Any, obs: StreamObservation, sentinel: Sentinel, reader: ChunkReader) -> None:
-        super().__init__(wrapped, obs, sentinel)
-        self._self_items = _aobserve(wrapped.__anext__, obs, sentinel, reader)
+        super().__init__(wrapped, obs, sentinel, reader)
+        self._self_items = _aobserve(wrapped.__anext__, obs, sentinel)
         self._self_anext = self._self_items.__anext__
 
     def __aiter__(self) -> ObservedAsyncStream:

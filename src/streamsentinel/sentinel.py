@@ -74,6 +74,7 @@ class Sentinel:
         tracer_provider: TracerProvider | None = None,
     ) -> None:
         self.settings = settings
+        self.gap_alert = settings.gap_anomaly_seconds  # read per chunk: a plain attribute
         self.metrics = metrics_for(registry)
         self.tracer = tracing.get_tracer(tracer_provider)
         self._model_label = BoundedLabel(settings.max_model_labels)
