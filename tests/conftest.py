@@ -12,14 +12,16 @@ import structlog
 import streamsentinel
 from streamsentinel.chaos import ChaosServer
 
-from .support import TIMEOUT, Telemetry, make_telemetry
+from .support import TIMEOUT, Telemetry, make_telemetry, uncache_streamsentinel_loggers
 
 
 @pytest.fixture(autouse=True)
 def _fresh_structlog() -> Iterator[None]:
     structlog.reset_defaults()
+    uncache_streamsentinel_loggers()
     yield
     structlog.reset_defaults()
+    uncache_streamsentinel_loggers()
 
 
 @pytest.fixture

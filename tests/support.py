@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,3 +84,27 @@ def responses_kwargs(**extra: Any) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"model": MODEL, "input": "Tell me about streams", "stream": True}
     kwargs.update(extra)
     return kwargs
+
+
+def reinstrument(**options: Any) -> Telemetry:
+    """``make_telemetry`` with non-default options: ``instrument()`` is idempotent, so undo first."""
+    streamsentinel.uninstrument()
+    return make_telemetry(**options)
+
+
+def chat_text(items: Iterable[Any]) -> str:
+    """The text of choice 0 carried by a list of ``ChatCompletionChunk``s."""
+    return "".join(c.choices[0].delta.content or "" for c in items if c.choices and c.choices[0].index == 0)
+
+
+def uncache_streamsentinel_loggers() -> None:
+    """Forget the loggers structlog cached on streamsentinel's module-level ``get_logger()`` proxies.
+
+    An application configuring ``cache_logger_on_first_use=True`` (the demo, run in-process by
+    ``test_demo.py``) makes each proxy keep its first bound logger for good; ``reset_defaults()`` does
+    not undo that, so later ``capture_logs()`` blocks would never see streamsentinel's events.
+    """
+    from streamsentinel import config, logs, sentinel
+
+    for module in (config, logs, sentinel):
+        vars(module._log).pop("bind", None)

@@ -21,6 +21,7 @@ from openai._streaming import SSEDecoder
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
+from .proxy import ObservedBase
 from .sentinel import CURRENT, Sentinel
 from .sse import ObservedSSEDecoder
 
@@ -38,6 +39,15 @@ ENTRY_POINTS: tuple[tuple[str, str, str, str], ...] = (
     ("openai.resources.responses.responses", "Responses", "retrieve", "responses"),
     ("openai.resources.responses.responses", "AsyncResponses", "create", "responses"),
     ("openai.resources.responses.responses", "AsyncResponses", "retrieve", "responses"),
+)
+
+# The SDK's stream helpers (`chat.completions.stream()`, `responses.stream()`) close the HTTP
+# response directly, never the stream we returned: their close() must end our observation too.
+HELPER_STREAMS: tuple[tuple[str, str], ...] = (
+    ("openai.lib.streaming.chat._completions", "ChatCompletionStream"),
+    ("openai.lib.streaming.chat._completions", "AsyncChatCompletionStream"),
+    ("openai.lib.streaming.responses._responses", "ResponseStream"),
+    ("openai.lib.streaming.responses._responses", "AsyncResponseStream"),
 )
 
 _applied: list[tuple[type, str, Any]] = []
@@ -184,6 +194,30 @@ def _async_sleep(sentinel: Sentinel) -> Callable[..., Any]:
     return wrapper
 
 
+def _end_helper_stream(helper: Any) -> None:
+    raw = getattr(helper, "_raw_stream", None)
+    if isinstance(raw, ObservedBase):
+        raw._self_sentinel.abandoned(raw._self_obs)
+
+
+def _helper_close(
+    wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    try:
+        return wrapped(*args, **kwargs)
+    finally:
+        _end_helper_stream(instance)
+
+
+async def _async_helper_close(
+    wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    try:
+        return await wrapped(*args, **kwargs)
+    finally:
+        _end_helper_stream(instance)
+
+
 def _make_sse_decoder(
     wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Any:
@@ -219,6 +253,9 @@ def install(sentinel: Sentinel) -> None:
         _patch(base, "AsyncAPIClient", "_send_request", _async_send(sentinel))
         _patch(base, "SyncAPIClient", "_sleep_for_retry", _sync_sleep(sentinel))
         _patch(base, "AsyncAPIClient", "_sleep_for_retry", _async_sleep(sentinel))
+        for module_name, class_name in HELPER_STREAMS:
+            close = _async_helper_close if class_name.startswith("Async") else _helper_close
+            _patch(module_name, class_name, "close", close)
         _check_sse_decoder_factory()
         _patch(base, "BaseClient", "_make_sse_decoder", _make_sse_decoder)
     except Exception:

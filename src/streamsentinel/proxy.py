@@ -40,9 +40,13 @@ def _item_seen(obs: StreamObservation, item: Any, sentinel: Sentinel) -> None:
             obs.max_gap = gap
             if gap >= sentinel.gap_alert:
                 obs.anomalies.append(Anomaly("gap", now - obs.start, {"streamsentinel.gap": gap}))
-        obs.reader(obs, item, now)
         if obs.extras:
-            sentinel.chunk_extras(obs, item, gap)
+            texts = len(obs.text)
+            obs.reader(obs, item, now)
+            # The first item has no gap (last_at started at +inf); this item's own text only.
+            sentinel.chunk_extras(obs, gap if obs.chunks > 1 else None, obs.text[texts:])
+        else:
+            obs.reader(obs, item, now)
     except Exception:
         sentinel.internal_error("chunk")
 
@@ -83,7 +87,9 @@ async def _aobserve(
         yield item
 
 
-class _ObservedBase(wrapt.ObjectProxy):  # type: ignore[type-arg]
+class ObservedBase(wrapt.ObjectProxy):  # type: ignore[type-arg]
+    """What both proxies share: the observation, the sentinel, the finalizer."""
+
     def __init__(self, wrapped: Any, obs: StreamObservation, sentinel: Sentinel, reader: ChunkReader) -> None:
         super().__init__(wrapped)
         self._self_obs = obs
@@ -101,7 +107,7 @@ class _ObservedBase(wrapt.ObjectProxy):  # type: ignore[type-arg]
             pass
 
 
-class ObservedStream(_ObservedBase):
+class ObservedStream(ObservedBase):
     """A synchronous ``openai.Stream`` under observation."""
 
     def __init__(self, wrapped: Any, obs: StreamObservation, sentinel: Sentinel, reader: ChunkReader) -> None:
@@ -130,7 +136,7 @@ class ObservedStream(_ObservedBase):
             self._self_sentinel.abandoned(self._self_obs)
 
 
-class ObservedAsyncStream(_ObservedBase):
+class ObservedAsyncStream(ObservedBase):
     """An ``openai.AsyncStream`` under observation."""
 
     def __init__(self, wrapped: Any, obs: StreamObservation, sentinel: Sentinel, reader: ChunkReader) -> None:

@@ -353,14 +353,17 @@ class Sentinel:
 
     # -- opt-in per-chunk extras -----------------------------------------------------------------
 
-    def chunk_extras(self, obs: StreamObservation, item: Any, gap: float) -> None:
-        """DEBUG ``stream.chunk`` lines and ``chunk_events="all"`` span events (off by default)."""
+    def chunk_extras(self, obs: StreamObservation, gap: float | None, texts: list[str]) -> None:
+        """DEBUG ``stream.chunk`` lines and ``chunk_events="all"`` span events (off by default).
+        ``gap`` is None for the first item; ``texts`` is the text this item carried."""
         if obs.debug:
             logs.chunk(obs, gap)
         if self.settings.chunk_events == "all":
-            attributes: dict[str, Any] = {"streamsentinel.chunk": obs.chunks, "streamsentinel.gap": gap}
-            if self.settings.capture_content and obs.text:
-                attributes["streamsentinel.text"] = obs.text[-1]
+            attributes: dict[str, Any] = {"streamsentinel.chunk": obs.chunks}
+            if gap is not None:
+                attributes["streamsentinel.gap"] = gap
+            if self.settings.capture_content and texts:
+                attributes["streamsentinel.text"] = "".join(texts)
             obs.span.add_event("streamsentinel.chunk", attributes)
 
 

@@ -60,7 +60,6 @@ def _configure_logging(path: Path) -> None:
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
         logger_factory=structlog.WriteLoggerFactory(file=path.open("a", encoding="utf-8")),
-        cache_logger_on_first_use=True,
     )
 
 

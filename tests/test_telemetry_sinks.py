@@ -1,0 +1,472 @@
+"""What each sink exports for real streams: the OpenTelemetry span (GenAI attributes, events), the
+structlog lines, the Prometheus series; that content and secrets stay out of all of them by default;
+and that a failing sink never reaches the consumer."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+from collections.abc import Iterator, Mapping, MutableMapping
+from typing import Any
+
+import openai
+import pytest
+import structlog
+from openai.types.chat import ChatCompletionChunk
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.trace import SpanKind, StatusCode
+
+import streamsentinel
+import streamsentinel.logs
+import streamsentinel.tracing
+from streamsentinel import StreamTruncatedError
+from streamsentinel.chaos import ChaosServer
+
+from .support import (
+    MODEL,
+    TIMEOUT,
+    Telemetry,
+    chat_kwargs,
+    chat_text,
+    reinstrument,
+    responses_kwargs,
+)
+
+CHAT_ITEMS = 8  # role chunk, 5 content chunks, finish chunk, usage chunk
+AFTER = 3
+CUT = {"x-chaos-fault": "eof_chunked", "x-chaos-after": str(AFTER)}
+API_KEY = "sk-proj-streamsentinel-SECRET-7f3a9c0d1e2b"
+
+EventDict = MutableMapping[str, Any]
+
+
+@pytest.fixture
+def secret_client(chaos: ChaosServer) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=chaos.base_url, api_key=API_KEY, max_retries=0, timeout=TIMEOUT) as c:
+        yield c
+
+
+def open_chat(client: openai.OpenAI, **extra: Any) -> openai.Stream[ChatCompletionChunk]:
+    stream = client.chat.completions.create(**chat_kwargs(**extra))
+    assert isinstance(stream, openai.Stream)
+    return stream
+
+
+def consume_cut(client: openai.OpenAI) -> list[ChatCompletionChunk]:
+    items: list[ChatCompletionChunk] = []
+    stream = open_chat(client, extra_headers=CUT)
+    with pytest.raises(StreamTruncatedError):
+        for item in stream:
+            items.append(item)
+    assert len(items) == AFTER
+    return items
+
+
+def attrs(mapping: Mapping[str, Any] | None) -> dict[str, Any]:
+    assert mapping is not None
+    return dict(mapping)
+
+
+def span_strings(span: ReadableSpan) -> list[str]:
+    """Every string value on the span: attributes, event names and event attributes."""
+    values: list[Any] = [span.name, *attrs(span.attributes).values()]
+    for event in span.events:
+        values.append(event.name)
+        values.extend(attrs(event.attributes).values())
+    out: list[str] = []
+    for value in values:
+        if isinstance(value, str):
+            out.append(value)
+        elif isinstance(value, (tuple, list)):
+            out.extend(v for v in value if isinstance(v, str))
+    return out
+
+
+def content_pieces(items: list[ChatCompletionChunk]) -> list[str]:
+    pieces = [c.choices[0].delta.content or "" for c in items if c.choices]
+    return [p for p in pieces if p.strip()]
+
+
+def assert_no_content(strings: list[str], items: list[ChatCompletionChunk]) -> None:
+    text = chat_text(items)
+    assert text
+    for s in strings:
+        assert text not in s
+        for piece in content_pieces(items):
+            assert piece not in s, (piece, s)
+
+
+def events_named(span: ReadableSpan, name: str) -> list[dict[str, Any]]:
+    return [attrs(e.attributes) for e in span.events if e.name == name]
+
+
+def go_seconds(text: str) -> float:
+    """An independent reading of a Go duration (only the shapes the chaos server emits)."""
+    assert re.fullmatch(r"(\d+h)?(\d+m(?!s))?([\d.]+(ms|s))?", text), text
+    units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+    return sum(float(n) * units[u] for n, u in re.findall(r"([\d.]+)(ms|h|m|s)", text))
+
+
+# -- spans ---------------------------------------------------------------------------------------
+
+
+def test_chat_span(chaos: ChaosServer, telemetry: Telemetry, client: openai.OpenAI) -> None:
+    items = list(open_chat(client, temperature=0.5, max_tokens=100))
+    record = chaos.wait_for_records(1)[0]
+    assert record.usage is not None
+    span = telemetry.only_span()
+    assert span.name == f"chat {MODEL}"
+    assert span.kind is SpanKind.CLIENT
+    assert span.status.status_code is StatusCode.UNSET
+    a = attrs(span.attributes)
+    ttft = a.pop("gen_ai.response.time_to_first_chunk")
+    max_gap = a.pop("streamsentinel.max_chunk_gap")
+    assert a == {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.provider.name": "openai",
+        "gen_ai.request.model": MODEL,
+        "gen_ai.request.stream": True,
+        "gen_ai.request.temperature": 0.5,
+        "gen_ai.request.max_tokens": 100,
+        "gen_ai.response.model": items[0].model,
+        "gen_ai.response.id": items[0].id,
+        "gen_ai.response.finish_reasons": ("stop",),
+        "gen_ai.usage.input_tokens": record.usage["prompt_tokens"],
+        "gen_ai.usage.output_tokens": record.usage["completion_tokens"],
+        "server.address": "127.0.0.1",
+        "server.port": chaos.port,
+        "streamsentinel.outcome": "completed",
+        "streamsentinel.chunks": CHAT_ITEMS,
+        "streamsentinel.done_seen": True,
+        "streamsentinel.retries": 0,
+        "streamsentinel.request_id": record.request_id,
+    }
+    assert span.start_time is not None and span.end_time is not None
+    assert 0 < ttft <= (span.end_time - span.start_time) / 1e9
+    assert 0 <= max_gap <= (span.end_time - span.start_time) / 1e9
+    # Default chunk_events="anomalies": only the first-token event on a clean, fast stream.
+    assert [e.name for e in span.events] == ["streamsentinel.first_token"]
+    assert events_named(span, "streamsentinel.first_token") == [{"streamsentinel.ttft": ttft}]
+
+
+def test_responses_span(chaos: ChaosServer, telemetry: Telemetry, client: openai.OpenAI) -> None:
+    stream = client.responses.create(**responses_kwargs())
+    assert isinstance(stream, openai.Stream)
+    events = list(stream)
+    record = chaos.wait_for_records(1)[0]
+    assert record.usage is not None
+    span = telemetry.only_span()
+    assert span.name == f"chat {MODEL}"
+    a = attrs(span.attributes)
+    assert a["gen_ai.operation.name"] == "chat"
+    assert a["gen_ai.response.id"] == record.response_id
+    assert a["gen_ai.response.finish_reasons"] == ("stop",)
+    assert a["gen_ai.usage.input_tokens"] == record.usage["input_tokens"]
+    assert a["gen_ai.usage.output_tokens"] == record.usage["output_tokens"]
+    assert a["streamsentinel.chunks"] == len(events)
+    assert a["streamsentinel.outcome"] == "completed"
+    assert "gen_ai.response.time_to_first_chunk" in a
+
+
+def test_truncated_span(telemetry: Telemetry, client: openai.OpenAI) -> None:
+    consume_cut(client)
+    span = telemetry.only_span()
+    assert span.status.status_code is StatusCode.ERROR
+    a = attrs(span.attributes)
+    assert a["streamsentinel.outcome"] == "truncated"
+    assert a["streamsentinel.truncation_reason"] == "eof_before_done"
+    assert a["error.type"] == "truncated"
+    assert a["streamsentinel.done_seen"] is False
+    assert "gen_ai.response.finish_reasons" not in a
+    assert events_named(span, "streamsentinel.truncated") == [
+        {"streamsentinel.reason": "eof_before_done", "streamsentinel.chunks": AFTER}
+    ]
+    assert [e.name for e in span.events] == ["streamsentinel.first_token", "streamsentinel.truncated"]
+
+
+@pytest.mark.parametrize(("chunk_events", "expected"), [("all", CHAT_ITEMS), ("anomalies", 0), ("none", 0)])
+def test_chunk_events(telemetry: Telemetry, client: openai.OpenAI, chunk_events: str, expected: int) -> None:
+    telemetry = reinstrument(chunk_events=chunk_events)
+    list(open_chat(client))
+    chunk_events_seen = events_named(telemetry.only_span(), "streamsentinel.chunk")
+    assert len(chunk_events_seen) == expected
+    assert [e["streamsentinel.chunk"] for e in chunk_events_seen] == list(range(1, expected + 1))
+
+
+def test_chunk_gaps_are_finite(telemetry: Telemetry, client: openai.OpenAI) -> None:
+    telemetry = reinstrument(chunk_events="all")
+    list(open_chat(client))
+    events = events_named(telemetry.only_span(), "streamsentinel.chunk")
+    assert len(events) == CHAT_ITEMS
+    assert "streamsentinel.gap" not in events[0]  # the first item has no gap before it
+    gaps = [e["streamsentinel.gap"] for e in events[1:]]
+    assert all(math.isfinite(g) and g >= 0 for g in gaps), gaps
+
+
+def test_no_content_on_spans_by_default(telemetry: Telemetry, client: openai.OpenAI) -> None:
+    telemetry = reinstrument(chunk_events="all")
+    clean = list(open_chat(client))
+    cut = consume_cut(client)
+    spans = telemetry.spans()
+    assert len(spans) == 2
+    assert_no_content(span_strings(spans[0]), clean)
+    assert_no_content(span_strings(spans[1]), cut)
+    assert all(
+        "streamsentinel.partial_text" not in e for e in events_named(spans[1], "streamsentinel.truncated")
+    )
+
+
+def test_content_on_spans_only_with_capture_content(telemetry: Telemetry, client: openai.OpenAI) -> None:
+    telemetry = reinstrument(capture_content=True)
+    cut = consume_cut(client)
+    span = telemetry.only_span()
+    assert events_named(span, "streamsentinel.truncated") == [
+        {
+            "streamsentinel.reason": "eof_before_done",
+            "streamsentinel.chunks": AFTER,
+            "streamsentinel.partial_text": chat_text(cut),
+        }
+    ]
+
+
+def test_chunk_event_text_is_the_chunks_own_text(telemetry: Telemetry, client: openai.OpenAI) -> None:
+    telemetry = reinstrument(capture_content=True, chunk_events="all")
+    items = list(open_chat(client))
+    chunk_events = events_named(telemetry.only_span(), "streamsentinel.chunk")
+    assert len(chunk_events) == len(items) == CHAT_ITEMS
+    for item, event in zip(items, chunk_events, strict=True):
+        own = item.choices[0].delta.content if item.choices else None
+        assert event.get("streamsentinel.text") == (own or None), (own, event)
+
+
+# -- structlog -----------------------------------------------------------------------------------
+
+
+def only(logs: list[EventDict], event: str) -> EventDict:
+    found = [e for e in logs if e["event"] == event]
+    assert len(found) == 1, [e["event"] for e in logs]
+    return found[0]
+
+
+def test_finished_log_line(chaos: ChaosServer, telemetry: Telemetry, client: openai.OpenAI) -> None:
+    with structlog.testing.capture_logs() as logs:
+        items = list(open_chat(client))
+    record = chaos.wait_for_records(1)[0]
+    assert record.usage is not None
+    span = telemetry.only_span()
+    assert span.context is not None
+    finished = only(logs, "stream.finished")
+    assert finished["log_level"] == "info"
+    assert finished["outcome"] == "completed"
+    assert finished["operation"] == "chat"
+    assert finished["model"] == MODEL
+    assert finished["server"] == "127.0.0.1"
+    assert finished["trace_id"] == format(span.context.trace_id, "032x")
+    assert finished["span_id"] == format(span.context.span_id, "016x")
+    assert finished["chunks"] == CHAT_ITEMS
+    assert finished["finish_reasons"] == ["stop"]
+    assert finished["request_id"] == record.request_id
+    assert finished["response_id"] == items[0].id
+    assert finished["input_tokens"] == record.usage["prompt_tokens"]
+    assert finished["output_tokens"] == record.usage["completion_tokens"]
+    assert finished["duration_seconds"] >= finished["ttft_seconds"] > 0
+    assert "error_type" not in finished
+    assert not [e for e in logs if e["event"] == "stream.truncated"]
+
+
+def test_debug_lines_when_debug_is_enabled(telemetry: Telemetry, client: openai.OpenAI) -> None:
+    with structlog.testing.capture_logs() as logs:
+        list(open_chat(client))
+    span = telemetry.only_span()
+    assert span.context is not None
+    chunk_lines = [e for e in logs if e["event"] == "stream.chunk"]
+    assert [e["chunk"] for e in chunk_lines] == list(range(1, CHAT_ITEMS + 1))
+    assert all(e["log_level"] == "debug" for e in chunk_lines)
+    assert all(e["span_id"] == format(span.context.span_id, "016x") for e in chunk_lines)
+    assert only(logs, "stream.started")["log_level"] == "debug"
+    assert only(logs, "stream.first_token")["log_level"] == "debug"
+    assert logs[0]["event"] == "stream.started" and logs[-1]["event"] == "stream.finished"
+
+
+def test_no_debug_lines_at_info(telemetry: Telemetry, client: openai.OpenAI) -> None:
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.INFO))
+    with structlog.testing.capture_logs() as logs:
+        list(open_chat(client))
+    assert [e["event"] for e in logs] == ["stream.finished"]
+
+
+def test_debug_lines_follow_a_reconfiguration(
+    telemetry: Telemetry, client: openai.OpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Deterministic stand-in for "within the same second".
+    list(open_chat(client))  # structlog not configured: DEBUG lines off
+    with structlog.testing.capture_logs() as logs:
+        list(open_chat(client))
+    assert len([e for e in logs if e["event"] == "stream.chunk"]) == CHAT_ITEMS
+
+
+def test_truncated_log_lines(telemetry: Telemetry, client: openai.OpenAI) -> None:
+    with structlog.testing.capture_logs() as logs:
+        cut = consume_cut(client)
+    span = telemetry.only_span()
+    assert span.context is not None
+    truncated = only(logs, "stream.truncated")
+    assert truncated["log_level"] == "warning"
+    assert truncated["reason"] == "eof_before_done"
+    assert truncated["error_type"] == "truncated"
+    assert truncated["chunks"] == AFTER
+    assert truncated["partial_chars"] == len(chat_text(cut))
+    assert truncated["span_id"] == format(span.context.span_id, "016x")
+    assert "partial_text" not in truncated
+    finished = only(logs, "stream.finished")
+    assert (finished["outcome"], finished["error_type"], finished["log_level"]) == (
+        "truncated",
+        "truncated",
+        "warning",
+    )
+    assert finished["done_seen"] is False
+
+
+def test_truncated_log_line_carries_text_only_with_capture_content(
+    telemetry: Telemetry, client: openai.OpenAI
+) -> None:
+    reinstrument(capture_content=True)
+    with structlog.testing.capture_logs() as logs:
+        cut = consume_cut(client)
+    assert only(logs, "stream.truncated")["partial_text"] == chat_text(cut)
+
+
+def test_no_secret_or_content_in_logs(telemetry: Telemetry, secret_client: openai.OpenAI) -> None:
+    with structlog.testing.capture_logs() as logs:
+        clean = list(open_chat(secret_client))
+        cut = consume_cut(secret_client)
+    assert len(logs) > CHAT_ITEMS  # the DEBUG lines are in too
+    lines = [json.dumps(e, default=str) for e in logs]
+    for line in lines:
+        assert API_KEY not in line
+        assert "SECRET" not in line
+    assert_no_content(lines, clean)
+    assert_no_content(lines, cut)
+    # Nor on the spans.
+    for span in telemetry.spans():
+        assert all(API_KEY not in s for s in span_strings(span))
+
+
+# -- metrics -------------------------------------------------------------------------------------
+
+
+def test_stream_histograms_and_counters(
+    chaos: ChaosServer, telemetry: Telemetry, client: openai.OpenAI
+) -> None:
+    list(open_chat(client))
+    record = chaos.wait_for_records(1)[0]
+    assert record.usage is not None
+    base = {"operation": "chat", "model": MODEL, "server": "127.0.0.1"}
+    assert telemetry.value("openai_stream_time_to_first_token_seconds_count", **base) == 1
+    assert telemetry.value("openai_stream_duration_seconds_count", outcome="completed", **base) == 1
+    assert telemetry.by("openai_stream_duration_seconds_count", "outcome") == {"completed": 1}
+    assert telemetry.value("openai_stream_max_chunk_gap_seconds_count", **base) == 1
+    assert telemetry.value("openai_stream_chunks_total", **base) == CHAT_ITEMS
+    assert telemetry.by("openai_stream_finish_reasons_total", "finish_reason") == {"stop": 1}
+    assert telemetry.by("openai_stream_tokens_total", "token_type") == {
+        "input": record.usage["prompt_tokens"],
+        "output": record.usage["completion_tokens"],
+    }
+    assert telemetry.value("openai_stream_requests_total", outcome="completed", **base) == 1
+    assert telemetry.value("openai_stream_in_flight", **base) == 0
+
+
+def test_stream_without_chunks_observes_no_ttft_or_gap(telemetry: Telemetry, client: openai.OpenAI) -> None:
+    stream = open_chat(client)
+    stream.close()
+    assert telemetry.value("openai_stream_time_to_first_token_seconds_count") == 0
+    assert telemetry.value("openai_stream_max_chunk_gap_seconds_count") == 0
+    assert telemetry.by("openai_stream_duration_seconds_count", "outcome") == {"abandoned": 1}
+
+
+def test_rate_limit_gauges_follow_the_headers(telemetry: Telemetry, client: openai.OpenAI) -> None:
+    for _ in range(2):  # the gauges hold the latest response's values
+        with open_chat(client) as stream:
+            headers = stream.response.headers
+            list(stream)
+    for resource in ("requests", "tokens"):
+        expected = {
+            "openai_stream_ratelimit_limit": float(headers[f"x-ratelimit-limit-{resource}"]),
+            "openai_stream_ratelimit_remaining": float(headers[f"x-ratelimit-remaining-{resource}"]),
+            "openai_stream_ratelimit_reset_seconds": go_seconds(headers[f"x-ratelimit-reset-{resource}"]),
+        }
+        for name, value in expected.items():
+            got = telemetry.value(name, resource=resource, operation="chat", model=MODEL, server="127.0.0.1")
+            assert got == pytest.approx(value), (name, resource)
+    assert float(headers["x-ratelimit-remaining-requests"]) < float(headers["x-ratelimit-limit-requests"])
+
+
+def test_model_label_is_bounded(chaos: ChaosServer, telemetry: Telemetry, client: openai.OpenAI) -> None:
+    telemetry = reinstrument(max_model_labels=2)
+    for model in ("model-a", "model-b", "model-c", "model-a", "model-d"):
+        list(open_chat(client, model=model))
+    assert telemetry.by("openai_stream_requests_total", "model") == {"model-a": 2, "model-b": 1, "_other": 2}
+    assert telemetry.by("openai_stream_chunks_total", "model") == {
+        "model-a": 2 * CHAT_ITEMS,
+        "model-b": CHAT_ITEMS,
+        "_other": 2 * CHAT_ITEMS,
+    }
+    # Spans keep the real model: they are not label-bounded.
+    assert [s.name for s in telemetry.spans()] == [
+        "chat model-a",
+        "chat model-b",
+        "chat model-c",
+        "chat model-a",
+        "chat model-d",
+    ]
+    assert [attrs(s.attributes)["gen_ai.request.model"] for s in telemetry.spans()][2] == "model-c"
+
+
+# -- a failing sink ------------------------------------------------------------------------------
+
+
+def test_failing_tracing_sink_never_reaches_the_consumer(
+    chaos: ChaosServer, telemetry: Telemetry, client: openai.OpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("exporter exploded")
+
+    monkeypatch.setattr(streamsentinel.tracing, "end_span", broken)
+    with structlog.testing.capture_logs() as logs:
+        items = list(open_chat(client))
+    assert len(items) == CHAT_ITEMS
+    assert chat_text(items) == chaos.expected_text(chat_kwargs())
+    assert telemetry.by("openai_stream_requests_total", "outcome") == {"completed": 1}
+    assert telemetry.by("openai_stream_instrumentation_errors_total", "stage") == {"tracing": 1}
+    assert telemetry.value("openai_stream_in_flight") == 0
+    assert only(logs, "stream.finished")["outcome"] == "completed"
+    error = only(logs, "instrumentation.error")
+    assert (error["stage"], error["log_level"], error["exc_info"]) == ("tracing", "error", True)
+
+    # A second stream: counted again, logged once only.
+    with structlog.testing.capture_logs() as logs:
+        assert len(list(open_chat(client))) == CHAT_ITEMS
+    assert telemetry.by("openai_stream_instrumentation_errors_total", "stage") == {"tracing": 2}
+    assert telemetry.by("openai_stream_requests_total", "outcome") == {"completed": 2}
+    assert [e for e in logs if e["event"] == "instrumentation.error"] == []
+
+
+def test_failing_log_sink_never_reaches_the_consumer(
+    telemetry: Telemetry, client: openai.OpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("renderer exploded")
+
+    monkeypatch.setattr(streamsentinel.logs, "finished", broken)
+    cut: list[ChatCompletionChunk] = []
+    stream = open_chat(client, extra_headers=CUT)
+    with pytest.raises(StreamTruncatedError) as excinfo:
+        for item in stream:
+            cut.append(item)
+    assert excinfo.value.reason == "eof_before_done"  # our own exception, unchanged
+    assert len(cut) == AFTER
+    assert telemetry.by("openai_stream_requests_total", "outcome") == {"truncated": 1}
+    assert telemetry.by("openai_stream_instrumentation_errors_total", "stage") == {"logging": 1}
+    assert attrs(telemetry.only_span().attributes)["streamsentinel.outcome"] == "truncated"
