@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 WORKER = Path(__file__).with_name("worker.py")
-VARIANTS = ("plain", "instrumented", "instrumented-warn")
+VARIANTS = ("plain", "instrumented", "instrumented-warn", "instrumented-untraced")
 SHORT_ITEMS = 3  # role-less short stream: 1 content chunk + finish chunk + [DONE]
 
 
