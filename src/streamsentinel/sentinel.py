@@ -191,8 +191,8 @@ class Sentinel:
     def attempt_raised(self, obs: StreamObservation, exc: BaseException) -> None:
         """An HTTP attempt that raised (timeout or transport error) before any response."""
         try:
-            name = type(exc).__name__
-            obs.last_attempt_reason = "timeout" if "Timeout" in name else "connection_error"
+            timeout = isinstance(exc, (httpx2.TimeoutException, openai.APITimeoutError))
+            obs.last_attempt_reason = "timeout" if timeout else "connection_error"
         except Exception:
             self.internal_error("attempt")
 
