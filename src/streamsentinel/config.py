@@ -39,7 +39,8 @@ class Settings:
     max_model_labels: int = 100
 
 
-def _parse_bool(raw: str) -> bool:
+def parse_bool(raw: str) -> bool:
+    """``1/true/yes/on`` -> True, ``0/false/no/off/""`` -> False (any case). Raises ValueError."""
     value = raw.strip().lower()
     if value in ("1", "true", "yes", "on"):
         return True
@@ -70,7 +71,7 @@ def _positive(kind: Callable[[str], _T]) -> Callable[[str], _T]:
 
 _PARSERS: dict[str, Callable[[str], Any]] = {
     "on_truncation": _choice("raise", "record"),
-    "capture_content": _parse_bool,
+    "capture_content": parse_bool,
     "chunk_events": _choice("anomalies", "all", "none"),
     "gap_anomaly_seconds": _positive(float),
     "max_model_labels": _positive(int),

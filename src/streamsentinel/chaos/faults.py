@@ -24,7 +24,14 @@ __all__ = [
 ]
 
 
-class Fault(str, Enum):
+class Named(str, Enum):
+    """A string enum that prints as its value (``StrEnum`` before Python 3.11)."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+
+class Fault(Named):
     """One wire behaviour, applied to exactly one HTTP request. The value is the header spelling."""
 
     NONE = "none"
@@ -46,22 +53,16 @@ class Fault(str, Enum):
     REQUEST_TOO_LARGE = "request_too_large"
     SERVER_ERROR = "server_error"
 
-    def __str__(self) -> str:
-        return self.value
 
-
-class Outcome(str, Enum):
+class Outcome(Named):
     """What a non-retrying client ends up with for one streamed request."""
 
     COMPLETED = "completed"  # the terminal marker ([DONE] / response.completed|incomplete) arrived
     TRUNCATED = "truncated"  # some data events arrived, then the stream broke
     FAILED = "failed"  # no data event arrived (HTTP error, stall, non-SSE body, fault at after=0)
 
-    def __str__(self) -> str:
-        return self.value
 
-
-class TruncationReason(str, Enum):
+class TruncationReason(Named):
     """Fixed vocabulary for why a stream did not complete."""
 
     EOF_BEFORE_DONE = "eof_before_done"
@@ -72,11 +73,8 @@ class TruncationReason(str, Enum):
     MALFORMED_EVENT = "malformed_event"
     NON_SSE_BODY = "non_sse_body"
 
-    def __str__(self) -> str:
-        return self.value
 
-
-class RateLimitKind(str, Enum):
+class RateLimitKind(Named):
     """Which 429 flavour an HTTP error fault sends."""
 
     REQUESTS = "requests"
@@ -84,20 +82,14 @@ class RateLimitKind(str, Enum):
     QUOTA = "quota"
     TOO_LARGE = "too_large"
 
-    def __str__(self) -> str:
-        return self.value
 
-
-class Phase(str, Enum):
+class Phase(Named):
     """When a fault strikes."""
 
     NONE = "none"  # no fault
     BEFORE_HEADERS = "before_headers"  # no byte of a response reaches the client
     HTTP_ERROR = "http_error"  # a complete non-200 JSON response
     BODY = "body"  # 200 headers sent, then the body misbehaves
-
-    def __str__(self) -> str:
-        return self.value
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,9 +13,9 @@ import threading
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from enum import Enum
 
-from .faults import Fault
+from ..config import parse_bool
+from .faults import Fault, Named
 
 __all__ = [
     "CHAOS_HEADERS",
@@ -92,15 +92,12 @@ class FaultSpec:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
 
 
-class DecisionSource(str, Enum):
+class DecisionSource(Named):
     """Which rule of the plan chose the spec."""
 
     HEADER = "header"
     SCRIPT = "script"
     RANDOM = "random"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,12 +113,10 @@ class HeaderError(ValueError):
 
 
 def _parse_bool(value: str) -> bool:
-    lowered = value.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off", ""):
-        return False
-    raise HeaderError(f"not a boolean: {value!r}")
+    try:
+        return parse_bool(value)
+    except ValueError:
+        raise HeaderError(f"not a boolean: {value!r}") from None
 
 
 def parse_fault_weights(text: str) -> dict[Fault, float]:
