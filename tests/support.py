@@ -60,7 +60,13 @@ class Telemetry:
         return spans[0]
 
 
+# Observation tests see each stream exactly as the server broke it: streamsentinel's own retries
+# are off unless a test turns them on (tests/test_retries.py).
+OBSERVE_ONLY: dict[str, Any] = {"retry_attempts": 1}
+
+
 def make_telemetry(**options: Any) -> Telemetry:
+    options = {**OBSERVE_ONLY, **options}
     registry = CollectorRegistry()
     provider = TracerProvider()
     exporter = InMemorySpanExporter()

@@ -378,7 +378,7 @@ def api_error(body: dict[str, Any]) -> openai.APIError:
             api_error({"message": "The server had an error", "type": "server_error", "code": "server_error"}),
             Failure("server_error", "in_stream_error"),
         ),
-        (api_error(RPM), Failure("rate_limited", "in_stream_error", "in_stream")),
+        (api_error(RPM), Failure("rate_limited", "in_stream_error", "in_stream", retry_after=20.0)),
         (api_error(TOO_LARGE), Failure("request_too_large", "in_stream_error", "too_large")),
         (api_error(QUOTA), Failure("quota_exhausted", "in_stream_error", "quota")),
         (
@@ -427,7 +427,8 @@ def test_classify_error_code(
 ) -> None:
     assert classify_error_code(code, message) == expected
     error_type, kind = expected
-    assert classify_in_stream_event(code, message) == Failure(error_type, "in_stream_error", kind)
+    delay = 20.0 if message == RPM["message"] else None  # "Please try again in 20s."
+    assert classify_in_stream_event(code, message) == Failure(error_type, "in_stream_error", kind, delay)
 
 
 @pytest.mark.parametrize("reason", ["eof_before_done", "partial_event", "non_sse_body"])

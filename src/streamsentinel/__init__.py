@@ -44,6 +44,15 @@ def instrument(
     chunk_events: ChunkEvents | None = None,
     gap_anomaly_seconds: float | None = None,
     max_model_labels: int | None = None,
+    retry_attempts: int | None = None,
+    retry_base_delay: float | None = None,
+    retry_max_delay: float | None = None,
+    retry_time_budget: float | None = None,
+    retry_budget_ratio: float | None = None,
+    retry_budget_window: float | None = None,
+    retry_budget_min_retries: int | None = None,
+    first_token_timeout: float | None = None,
+    stall_timeout: float | None = None,
 ) -> Sentinel:
     """Patch the ``openai`` package so every streaming call is observed. Idempotent.
 
@@ -57,6 +66,14 @@ def instrument(
         chunk_events: ``"anomalies"`` (default), ``"all"`` (a span event per chunk) or ``"none"``.
         gap_anomaly_seconds: an inter-chunk gap at least this long (s) becomes a span event.
         max_model_labels: distinct ``model``/``server`` label values kept before ``_other``.
+        retry_attempts: attempts per logical request, the first included (1: streamsentinel never
+            retries). A stream is retried only while nothing was delivered to the consumer.
+        retry_base_delay, retry_max_delay: full-jitter backoff bounds, seconds.
+        retry_time_budget: seconds from a request's start after which no retry begins.
+        retry_budget_ratio, retry_budget_window, retry_budget_min_retries: the retry budget
+            across requests (retries <= max(min, ratio * requests) per window of seconds).
+        first_token_timeout: seconds from a request to its first output item (0: off).
+        stall_timeout: longest gap between items, seconds (0: off).
 
     Each option falls back to its ``STREAMSENTINEL_*`` variable (see :mod:`streamsentinel.config`).
 
@@ -79,6 +96,15 @@ def instrument(
             "chunk_events": chunk_events,
             "gap_anomaly_seconds": gap_anomaly_seconds,
             "max_model_labels": max_model_labels,
+            "retry_attempts": retry_attempts,
+            "retry_base_delay": retry_base_delay,
+            "retry_max_delay": retry_max_delay,
+            "retry_time_budget": retry_time_budget,
+            "retry_budget_ratio": retry_budget_ratio,
+            "retry_budget_window": retry_budget_window,
+            "retry_budget_min_retries": retry_budget_min_retries,
+            "first_token_timeout": first_token_timeout,
+            "stall_timeout": stall_timeout,
         }
         sentinel = Sentinel(resolve(options), registry=registry, tracer_provider=tracer_provider)
         patches.install(sentinel)

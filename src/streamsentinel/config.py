@@ -10,6 +10,15 @@ invalid environment value never breaks the host: it is logged once and the defau
 | ``chunk_events`` | ``STREAMSENTINEL_CHUNK_EVENTS`` | ``anomalies``, ``all``, ``none`` | ``anomalies`` |
 | ``gap_anomaly_seconds`` | ``STREAMSENTINEL_GAP_ANOMALY_SECONDS`` | float > 0 | ``5.0`` |
 | ``max_model_labels`` | ``STREAMSENTINEL_MAX_MODEL_LABELS`` | int > 0 | ``100`` |
+| ``retry_attempts`` | ``STREAMSENTINEL_RETRY_ATTEMPTS`` | int >= 1 (1: no retry) | ``3`` |
+| ``retry_base_delay`` | ``STREAMSENTINEL_RETRY_BASE_DELAY`` | seconds >= 0 | ``0.5`` |
+| ``retry_max_delay`` | ``STREAMSENTINEL_RETRY_MAX_DELAY`` | seconds >= 0 | ``8.0`` |
+| ``retry_time_budget`` | ``STREAMSENTINEL_RETRY_TIME_BUDGET`` | seconds >= 0 | ``60.0`` |
+| ``retry_budget_ratio`` | ``STREAMSENTINEL_RETRY_BUDGET_RATIO`` | 0..1 | ``0.2`` |
+| ``retry_budget_window`` | ``STREAMSENTINEL_RETRY_BUDGET_WINDOW`` | seconds > 0 | ``10.0`` |
+| ``retry_budget_min_retries`` | ``STREAMSENTINEL_RETRY_BUDGET_MIN_RETRIES`` | int >= 0 | ``3`` |
+| ``first_token_timeout`` | ``STREAMSENTINEL_FIRST_TOKEN_TIMEOUT`` | seconds >= 0 (0: off) | ``0`` |
+| ``stall_timeout`` | ``STREAMSENTINEL_STALL_TIMEOUT`` | seconds >= 0 (0: off) | ``0`` |
 """
 
 from __future__ import annotations
@@ -37,6 +46,15 @@ class Settings:
     chunk_events: ChunkEvents = "anomalies"
     gap_anomaly_seconds: float = 5.0
     max_model_labels: int = 100
+    retry_attempts: int = 3
+    retry_base_delay: float = 0.5
+    retry_max_delay: float = 8.0
+    retry_time_budget: float = 60.0
+    retry_budget_ratio: float = 0.2
+    retry_budget_window: float = 10.0
+    retry_budget_min_retries: int = 3
+    first_token_timeout: float = 0.0
+    stall_timeout: float = 0.0
 
 
 def parse_bool(raw: str) -> bool:
@@ -59,14 +77,21 @@ def _choice(*allowed: str) -> Callable[[str], str]:
     return parse
 
 
-def _positive(kind: Callable[[str], _T]) -> Callable[[str], _T]:
+def _bounded(
+    kind: Callable[[str], _T], low: float, high: float = float("inf"), *, open_low: bool = False
+) -> Callable[[str], _T]:
     def parse(raw: str) -> _T:
         value = kind(raw)
-        if not value > 0:  # type: ignore[operator]
+        number = float(value)  # type: ignore[arg-type]
+        if number < low or number > high or (open_low and number == low):
             raise ValueError(raw)
         return value
 
     return parse
+
+
+def _positive(kind: Callable[[str], _T]) -> Callable[[str], _T]:
+    return _bounded(kind, 0.0, open_low=True)
 
 
 _PARSERS: dict[str, Callable[[str], Any]] = {
@@ -75,6 +100,15 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "chunk_events": _choice("anomalies", "all", "none"),
     "gap_anomaly_seconds": _positive(float),
     "max_model_labels": _positive(int),
+    "retry_attempts": _bounded(int, 1),
+    "retry_base_delay": _bounded(float, 0.0),
+    "retry_max_delay": _bounded(float, 0.0),
+    "retry_time_budget": _bounded(float, 0.0),
+    "retry_budget_ratio": _bounded(float, 0.0, 1.0),
+    "retry_budget_window": _positive(float),
+    "retry_budget_min_retries": _bounded(int, 0),
+    "first_token_timeout": _bounded(float, 0.0),
+    "stall_timeout": _bounded(float, 0.0),
 }
 
 

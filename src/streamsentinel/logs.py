@@ -60,6 +60,10 @@ def retry(obs: StreamObservation, *, layer: str, reason: str, attempt: int, dela
     _log.info("stream.retry", layer=layer, reason=reason, attempt=attempt, delay_seconds=delay, **_ids(obs))
 
 
+def retry_denied(obs: StreamObservation, *, reason: str, why: str) -> None:
+    _log.warning("stream.retry_denied", reason=reason, why=why, **_ids(obs))
+
+
 def rate_limited(obs: StreamObservation, *, kind: str, status: int | None) -> None:
     # Quota exhaustion needs a human (billing), not patience: always ERROR.
     log = _log.error if kind == "quota" else _log.warning

@@ -44,7 +44,10 @@ class StreamObservation:
 
     __slots__ = (
         "anomalies",
+        "attempt",
+        "attempt_start",
         "cached_tokens",
+        "call",
         "chunks",
         "debug",
         "decoder",
@@ -54,6 +57,7 @@ class StreamObservation:
         "extras",
         "finish_reasons",
         "first_at",
+        "headers_at",
         "in_stream_error",
         "input_tokens",
         "labels",
@@ -73,6 +77,7 @@ class StreamObservation:
         "response_id",
         "response_model",
         "sdk_retries",
+        "sentinel_retries",
         "server",
         "server_port",
         "span",
@@ -80,6 +85,7 @@ class StreamObservation:
         "start_ns",
         "terminal",
         "text",
+        "timeout_kind",
     )
 
     def __init__(
@@ -106,11 +112,26 @@ class StreamObservation:
         self.debug = debug
         self.reader: Callable[[StreamObservation, Any, float], None] = _read_nothing
         self.extras = False  # per-chunk DEBUG lines / span events wanted
-        # Filled per chunk.
+        self.anomalies: list[Anomaly] = []
+        # Filled by the HTTP-attempt hooks.
+        self.sdk_retries = 0
+        self.last_attempt_reason = "other"
+        self.rate_limit_kinds: list[RateLimitKind] = []
+        # streamsentinel's own attempts: the SDK call to re-issue, and how many were made.
+        self.call: tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]] | None = None
+        self.attempt = 1
+        self.sentinel_retries = 0
+        self.new_attempt(start)
+
+    def new_attempt(self, at: float) -> None:
+        """Forget what the previous attempt's stream delivered (nothing reached the consumer)."""
+        self.attempt_start = at
+        self.headers_at = at
+        self.timeout_kind: str | None = None  # set by the watchdog when it closed the stream
         self.chunks = 0
         self.error_items = 0  # error events the SDK yielded as items (not payload)
         self.first_at: float | None = None
-        self.last_at = start
+        self.last_at = at
         self.max_gap = 0.0
         self.text: list[str] = []
         self.finish_reasons: dict[int, str] = {}
@@ -122,11 +143,6 @@ class StreamObservation:
         self.output_tokens: int | None = None
         self.reasoning_tokens: int | None = None
         self.cached_tokens: int | None = None
-        self.anomalies: list[Anomaly] = []
-        # Filled by the HTTP-attempt hooks.
-        self.sdk_retries = 0
-        self.last_attempt_reason = "other"
-        self.rate_limit_kinds: list[RateLimitKind] = []
         self.response: httpx2.Response | None = None
         self.request_id: str | None = None
         self.decoder: ObservedSSEDecoder | None = None

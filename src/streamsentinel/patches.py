@@ -73,6 +73,7 @@ def _sync_entry(sentinel: Sentinel, operation: str) -> Callable[..., Any]:
             return wrapped(*args, **kwargs)
         try:
             obs = sentinel.begin(operation, instance, kwargs)
+            obs.call = (wrapped, args, kwargs)  # what a retry re-issues
         except Exception:
             sentinel.internal_error("begin")
             return wrapped(*args, **kwargs)
@@ -97,6 +98,7 @@ def _async_entry(sentinel: Sentinel, operation: str) -> Callable[..., Any]:
     ) -> Any:
         try:
             obs = sentinel.begin(operation, instance, kwargs)
+            obs.call = (wrapped, args, kwargs)  # what a retry re-issues
         except Exception:
             sentinel.internal_error("begin")
             return await wrapped(*args, **kwargs)

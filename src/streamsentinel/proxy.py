@@ -12,6 +12,9 @@ stream, so breaking out of a ``for`` loop and iterating again resumes where it s
 
 from __future__ import annotations
 
+import asyncio
+import time
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
@@ -51,39 +54,110 @@ def _item_seen(obs: StreamObservation, item: Any, sentinel: Sentinel) -> None:
         sentinel.internal_error("chunk")
 
 
-def _observe(next_item: Callable[[], Any], obs: StreamObservation, sentinel: Sentinel) -> Iterator[Any]:
+def _switch(proxy: weakref.ref[Any], stream: Any) -> None:
+    # The consumer's `stream.response` etc. now refer to the new attempt's stream.
+    current = proxy()
+    if current is not None:
+        current.__wrapped__ = stream
+
+
+def _observe(
+    next_item: Callable[[], Any], obs: StreamObservation, sentinel: Sentinel, proxy: weakref.ref[Any]
+) -> Iterator[Any]:
     seen = _item_seen
+    # While retries are possible, items that carry no output yet (role chunk, response.created)
+    # are held back: until the first output the consumer has seen nothing, so a retry is safe.
+    holding = sentinel.retry_policy.attempts > 1
+    held: list[Any] = []
     while True:
         try:
             item = next_item()
         except StopIteration:
-            error = sentinel.end_of_stream(obs)
+            failure = sentinel.eof_failure(obs)
+            if failure is not None and holding and (delay := sentinel.retry_delay(obs, failure)) is not None:
+                held.clear()
+                time.sleep(delay)
+                stream = sentinel.reissue(obs)
+                _switch(proxy, stream)
+                next_item = stream.__next__
+                continue
+            error = sentinel.end_of_stream(obs, failure)
+            yield from held
             if error is not None:
                 raise error from None
             return
         except BaseException as exc:
-            sentinel.stream_raised(obs, exc)
+            failure = sentinel.raised_failure(obs, exc)
+            if failure is not None and holding and (delay := sentinel.retry_delay(obs, failure)) is not None:
+                held.clear()
+                time.sleep(delay)
+                stream = sentinel.reissue(obs)
+                _switch(proxy, stream)
+                next_item = stream.__next__
+                continue
+            sentinel.stream_raised(obs, failure)
+            yield from held  # what the consumer would have had before the error
             raise
         seen(obs, item, sentinel)
+        if holding:
+            if obs.first_at is None:
+                held.append(item)
+                continue
+            holding = False
+            yield from held
+            held.clear()
         yield item
 
 
 async def _aobserve(
-    next_item: Callable[[], Awaitable[Any]], obs: StreamObservation, sentinel: Sentinel
+    next_item: Callable[[], Awaitable[Any]],
+    obs: StreamObservation,
+    sentinel: Sentinel,
+    proxy: weakref.ref[Any],
 ) -> AsyncIterator[Any]:
     seen = _item_seen
+    holding = sentinel.retry_policy.attempts > 1  # see _observe
+    held: list[Any] = []
     while True:
         try:
             item = await next_item()
         except StopAsyncIteration:
-            error = sentinel.end_of_stream(obs)
+            failure = sentinel.eof_failure(obs)
+            if failure is not None and holding and (delay := sentinel.retry_delay(obs, failure)) is not None:
+                held.clear()
+                await asyncio.sleep(delay)
+                stream = await sentinel.areissue(obs)
+                _switch(proxy, stream)
+                next_item = stream.__anext__
+                continue
+            error = sentinel.end_of_stream(obs, failure)
+            for kept in held:
+                yield kept
             if error is not None:
                 raise error from None
             return
         except BaseException as exc:
-            sentinel.stream_raised(obs, exc)
+            failure = sentinel.raised_failure(obs, exc)
+            if failure is not None and holding and (delay := sentinel.retry_delay(obs, failure)) is not None:
+                held.clear()
+                await asyncio.sleep(delay)
+                stream = await sentinel.areissue(obs)
+                _switch(proxy, stream)
+                next_item = stream.__anext__
+                continue
+            sentinel.stream_raised(obs, failure)
+            for kept in held:
+                yield kept
             raise
         seen(obs, item, sentinel)
+        if holding:
+            if obs.first_at is None:
+                held.append(item)
+                continue
+            holding = False
+            for kept in held:
+                yield kept
+            held.clear()
         yield item
 
 
@@ -112,7 +186,7 @@ class ObservedStream(ObservedBase):
 
     def __init__(self, wrapped: Any, obs: StreamObservation, sentinel: Sentinel, reader: ChunkReader) -> None:
         super().__init__(wrapped, obs, sentinel, reader)
-        self._self_items = _observe(wrapped.__next__, obs, sentinel)
+        self._self_items = _observe(wrapped.__next__, obs, sentinel, weakref.ref(self))
         self._self_next = self._self_items.__next__
 
     def __iter__(self) -> ObservedStream:
@@ -141,7 +215,7 @@ class ObservedAsyncStream(ObservedBase):
 
     def __init__(self, wrapped: Any, obs: StreamObservation, sentinel: Sentinel, reader: ChunkReader) -> None:
         super().__init__(wrapped, obs, sentinel, reader)
-        self._self_items = _aobserve(wrapped.__anext__, obs, sentinel)
+        self._self_items = _aobserve(wrapped.__anext__, obs, sentinel, weakref.ref(self))
         self._self_anext = self._self_items.__anext__
 
     def __aiter__(self) -> ObservedAsyncStream:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextvars
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from time import perf_counter
 from typing import Any
 
@@ -30,6 +30,7 @@ from .metrics import BoundedLabel, metrics_for
 from .observation import Anomaly, StreamObservation
 from .proxy import ObservedAsyncStream, ObservedStream
 from .ratelimit import classify_429, json_or_none, parse_headers, retry_delay_seconds
+from .retry import RetryBudget, RetryPolicy
 from .sse import ObservedSSEDecoder
 from .taxonomy import (
     Failure,
@@ -38,7 +39,9 @@ from .taxonomy import (
     classify_request_exception,
     classify_stream_exception,
     silent_end_failure,
+    watchdog_failure,
 )
+from .watchdog import Watchdog
 
 CURRENT: contextvars.ContextVar[StreamObservation | None] = contextvars.ContextVar(
     "streamsentinel_current", default=None
@@ -75,6 +78,16 @@ class Sentinel:
     ) -> None:
         self.settings = settings
         self.gap_alert = settings.gap_anomaly_seconds  # read per chunk: a plain attribute
+        self.retry_policy = RetryPolicy(
+            attempts=settings.retry_attempts,
+            base_delay=settings.retry_base_delay,
+            max_delay=settings.retry_max_delay,
+            time_budget=settings.retry_time_budget,
+        )
+        self.retry_budget = RetryBudget(
+            settings.retry_budget_ratio, settings.retry_budget_window, settings.retry_budget_min_retries
+        )
+        self.watchdog = Watchdog(settings.first_token_timeout or None, settings.stall_timeout or None)
         self.metrics = metrics_for(registry)
         self.tracer = tracing.get_tracer(tracer_provider)
         self._model_label = BoundedLabel(settings.max_model_labels)
@@ -130,7 +143,9 @@ class Sentinel:
             debug=logs.debug_enabled(),
         )
         labels.in_flight.inc()
-        logs.started(obs)
+        self.retry_budget.record_request()
+        if obs.debug:
+            logs.started(obs)
         return obs
 
     def wrap_stream(self, obs: StreamObservation, result: Any) -> Any:
@@ -143,16 +158,23 @@ class Sentinel:
             else:
                 self.discard(obs)
                 return result
-            decoder = getattr(result, "_decoder", None)
-            obs.decoder = decoder if isinstance(decoder, ObservedSSEDecoder) else None
-            obs.response = result.response
-            if obs.request_id is None:  # the attempt hook normally set it
-                obs.request_id = result.response.headers.get("x-request-id")
+            self._adopt(obs, result)
             return proxy_cls(result, obs, self, READERS[obs.operation])
         except Exception:
             self.internal_error("wrap")
             self.discard(obs)
             return result
+
+    def _adopt(self, obs: StreamObservation, stream: Any) -> None:
+        """Take the facts of a new attempt's stream: decoder hook, response, ids; start its deadlines."""
+        decoder = getattr(stream, "_decoder", None)
+        obs.decoder = decoder if isinstance(decoder, ObservedSSEDecoder) else None
+        obs.response = stream.response
+        obs.headers_at = perf_counter()
+        if obs.request_id is None:  # the attempt hook normally set it
+            obs.request_id = stream.response.headers.get("x-request-id")
+        if self.watchdog.enabled:
+            self.watchdog.watch(obs)
 
     def discard(self, obs: StreamObservation) -> None:
         """End an observation that turned out not to be a stream we observe: no request counted."""
@@ -237,17 +259,29 @@ class Sentinel:
         except Exception:
             self.internal_error("finish")
 
-    def stream_raised(self, obs: StreamObservation, exc: BaseException) -> None:
-        """The SDK raised while the consumer iterated: record it; the proxy re-raises it unchanged."""
+    def raised_failure(self, obs: StreamObservation, exc: BaseException) -> Failure | None:
+        """Classify what the SDK raised while the consumer iterated (None: a cancellation)."""
         try:
-            if obs.ended:
-                return
+            if obs.timeout_kind is not None and isinstance(exc, openai.APIConnectionError):
+                return watchdog_failure(obs.timeout_kind)  # type: ignore[arg-type]
             failure = classify_stream_exception(exc)
+            if (
+                failure is not None
+                and failure.reason == "in_stream_error"
+                and isinstance(exc, openai.APIError)
+            ):
+                obs.in_stream_error = (exc.code, "")
+            return failure
+        except Exception:
+            self.internal_error("classify")
+            return Failure("other", "other")
+
+    def stream_raised(self, obs: StreamObservation, failure: Failure | None) -> None:
+        """Record the end of a stream the SDK raised in; the proxy re-raises the exception unchanged."""
+        try:
             if failure is None:
                 self.finish(obs, "abandoned", None)
             else:
-                if failure.reason == "in_stream_error" and isinstance(exc, openai.APIError):
-                    obs.in_stream_error = (exc.code, "")
                 self.finish(obs, "truncated" if obs.payload_chunks else "failed", failure)
         except Exception:
             self.internal_error("finish")
@@ -273,28 +307,30 @@ class Sentinel:
         # Fallback when the decoder hook is gone: every choice reported a finish reason.
         return bool(obs.finish_reasons)
 
-    def end_of_stream(self, obs: StreamObservation) -> StreamTruncatedError | None:
-        """The SDK's iterator ended without error. Returns the ``StreamTruncatedError`` to raise
-        when the stream ended silently before its terminal marker and ``on_truncation="raise"``."""
+    def eof_failure(self, obs: StreamObservation) -> Failure | None:
+        """Classify a stream whose iterator ended without error: None when it was complete."""
+        try:
+            if self._is_complete(obs):
+                error = obs.in_stream_error
+                return classify_in_stream_event(*error) if error is not None else None
+            if obs.in_stream_error is not None:
+                return classify_in_stream_event(*obs.in_stream_error)
+            return silent_end_failure(self._silent_reason(obs))
+        except Exception:
+            self.internal_error("classify")
+            return None
+
+    def end_of_stream(self, obs: StreamObservation, failure: Failure | None) -> StreamTruncatedError | None:
+        """Record a stream whose iterator ended without error. Returns the ``StreamTruncatedError`` to
+        raise when it ended silently before its terminal marker and ``on_truncation="raise"``."""
         try:
             if obs.ended:
                 return None
-            failure: Failure | None
-            if self._is_complete(obs):
-                error = obs.in_stream_error
-                failure = classify_in_stream_event(*error) if error is not None else None
-            else:
-                reason = self._silent_reason(obs)
-                if obs.in_stream_error is not None:
-                    failure = classify_in_stream_event(*obs.in_stream_error)
-                else:
-                    failure = silent_end_failure(reason)
             if failure is None:
                 self.finish(obs, "completed", None)
                 return None
             self.finish(obs, "truncated" if obs.payload_chunks else "failed", failure)
-            silent = not self._is_complete(obs)
-            if silent and self.settings.on_truncation == "raise":
+            if not self._is_complete(obs) and self.settings.on_truncation == "raise":
                 return StreamTruncatedError(
                     reason=failure.reason or "eof_before_done",
                     chunks_received=obs.chunks,
@@ -306,6 +342,83 @@ class Sentinel:
         except Exception:
             self.internal_error("finish")
             return None
+
+    # -- streamsentinel's own retries ------------------------------------------------------------
+
+    def retry_delay(self, obs: StreamObservation, failure: Failure) -> float | None:
+        """Seconds to wait before re-issuing ``obs``'s request, or None when it must not be retried
+        (not retryable, attempts or time budget used up, retry budget exhausted)."""
+        try:
+            policy = self.retry_policy
+            if obs.ended or obs.call is None or not failure.retryable or obs.attempt >= policy.attempts:
+                return None
+            delay = policy.backoff(obs.attempt - 1, failure.retry_after)
+            if perf_counter() - obs.start + delay > policy.time_budget:
+                return None
+            if not self.retry_budget.try_spend():
+                logs.retry_denied(obs, reason=failure.error_type, why="retry_budget")
+                return None
+            obs.sentinel_retries += 1
+            obs.labels.record_retry("sentinel", failure.error_type)
+            self._note_in_stream_rate_limit(obs, failure)
+            obs.anomalies.append(
+                Anomaly(
+                    "retry",
+                    perf_counter() - obs.start,
+                    {
+                        "streamsentinel.layer": "sentinel",
+                        "streamsentinel.reason": failure.error_type,
+                        "streamsentinel.attempt": obs.attempt + 1,
+                    },
+                )
+            )
+            logs.retry(obs, layer="sentinel", reason=failure.error_type, attempt=obs.attempt + 1, delay=delay)
+            return delay
+        except Exception:
+            self.internal_error("retry")
+            return None
+
+    def _start_attempt(
+        self, obs: StreamObservation
+    ) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
+        if obs.response is not None:
+            try:
+                obs.response.close()  # the failed attempt's connection; nothing more is read from it
+            except Exception:
+                pass
+        self.watchdog.unwatch(obs)
+        obs.attempt += 1
+        obs.new_attempt(perf_counter())
+        return obs.call  # type: ignore[return-value]  # retry_delay() checked it
+
+    def reissue(self, obs: StreamObservation) -> Any:
+        """Re-issue ``obs``'s request through the SDK (sync). Returns the new ``openai.Stream``; if the
+        SDK raises, the request ends failed and the exception propagates."""
+        create, args, kwargs = self._start_attempt(obs)
+        token = CURRENT.set(obs)
+        try:
+            stream = create(*args, **kwargs)
+        except BaseException as exc:
+            self.request_raised(obs, exc)
+            raise
+        finally:
+            CURRENT.reset(token)
+        self._adopt(obs, stream)
+        return stream
+
+    async def areissue(self, obs: StreamObservation) -> Any:
+        """:meth:`reissue` for an ``AsyncOpenAI`` client."""
+        create, args, kwargs = self._start_attempt(obs)
+        token = CURRENT.set(obs)
+        try:
+            stream = await create(*args, **kwargs)
+        except BaseException as exc:
+            self.request_raised(obs, exc)
+            raise
+        finally:
+            CURRENT.reset(token)
+        self._adopt(obs, stream)
+        return stream
 
     def abandoned(self, obs: StreamObservation) -> None:
         """The consumer closed or dropped the stream. Complete if the answer was already whole."""
@@ -324,21 +437,27 @@ class Sentinel:
         except Exception:
             self.internal_error("finish")
 
+    def _note_in_stream_rate_limit(self, obs: StreamObservation, failure: Failure) -> None:
+        # In-stream rate-limit/quota errors, retried or final; HTTP 429s are counted per attempt.
+        if failure.reason is not None and failure.rate_limit_kind is not None:
+            obs.labels.record_rate_limit(failure.rate_limit_kind)
+            logs.rate_limited(obs, kind=failure.rate_limit_kind, status=None)
+
     def finish(self, obs: StreamObservation, outcome: Any, failure: Failure | None) -> None:
         """Classify once and hand the observation to every sink, each guarded on its own."""
         if obs.ended:
             return
         obs.ended = True
         end = perf_counter()
+        if self.watchdog.enabled:
+            self.watchdog.unwatch(obs)
         obs.outcome = outcome
         if failure is not None:
             obs.error_type = failure.error_type
             obs.reason = failure.reason
         try:
-            if failure is not None and failure.reason is not None and failure.rate_limit_kind is not None:
-                # In-stream rate-limit/quota errors; HTTP 429s were counted per attempt.
-                obs.labels.record_rate_limit(failure.rate_limit_kind)
-                logs.rate_limited(obs, kind=failure.rate_limit_kind, status=None)
+            if failure is not None:
+                self._note_in_stream_rate_limit(obs, failure)
             obs.labels.record_stream(obs, end)
         except Exception:
             self.internal_error("metrics")

@@ -16,9 +16,10 @@ import json
 from dataclasses import dataclass
 from typing import Literal
 
+import httpx2
 import openai
 
-from .ratelimit import RateLimitKind, classify_429, error_fields
+from .ratelimit import RateLimitKind, classify_429, error_fields, retry_delay_seconds
 
 Outcome = Literal["completed", "truncated", "failed", "abandoned"]
 """``openai_stream_requests_total{outcome}``: exactly one per logical stream request."""
@@ -30,6 +31,9 @@ ErrorType = Literal[
     "server_error",
     "client_error",
     "timeout",
+    "connect_timeout",
+    "first_token_timeout",
+    "stall",
     "connection_error",
     "in_stream_error",
     "malformed_event",
@@ -44,6 +48,8 @@ TruncationReason = Literal[
     "non_sse_body",
     "connection_lost",
     "timeout",
+    "first_token_timeout",
+    "stall",
     "in_stream_error",
     "malformed_event",
     "other",
@@ -54,7 +60,9 @@ TruncationReason = Literal[
 - ``partial_event``: the body ended inside an event; the SDK silently dropped it.
 - ``non_sse_body``: a 200 whose body held no SSE event (e.g. a JSON body; SDK: 0 items, silent).
 - ``connection_lost``: the connection broke (SDK: ``APIConnectionError``).
-- ``timeout``: no byte for the read timeout (SDK: ``APITimeoutError``).
+- ``timeout``: no byte for the client's read timeout (SDK: ``APITimeoutError``).
+- ``first_token_timeout`` / ``stall``: streamsentinel's own ``first_token_timeout`` /
+  ``stall_timeout`` ran out and it closed the connection (SDK: ``APIConnectionError``).
 - ``in_stream_error``: an error event inside the stream (nested: SDK raises ``APIError``; flat or
   Responses ``error``/``response.failed``: SDK yields it).
 - ``malformed_event``: a ``data:`` line that is not JSON (SDK: ``json.JSONDecodeError``).
@@ -65,14 +73,46 @@ TruncationReason = Literal[
 SILENT_REASONS: frozenset[str] = frozenset({"eof_before_done", "partial_event", "non_sse_body"})
 
 
+# Failures worth another attempt when nothing was delivered yet: transient by nature. Quota, a too
+# large request, client errors and unknown in-stream codes would fail the same way again.
+RETRYABLE: frozenset[str] = frozenset(
+    {
+        "rate_limited",
+        "server_error",
+        "timeout",
+        "connect_timeout",
+        "first_token_timeout",
+        "stall",
+        "connection_error",
+        "malformed_event",
+        "truncated",
+    }
+)
+# Failures that say nothing about the upstream's health: never counted by the circuit breaker.
+NOT_FOR_BREAKER: frozenset[str] = frozenset({"quota_exhausted", "request_too_large", "client_error"})
+
+
 @dataclass(frozen=True, slots=True)
 class Failure:
     """One classified failure: ``error_type``; ``reason`` when the stream had started (else None);
-    ``rate_limit_kind`` when it was a 429 or an in-stream rate-limit/quota error."""
+    ``rate_limit_kind`` when it was a 429 or an in-stream rate-limit/quota error; ``retry_after``
+    (seconds) when the server said how long to wait."""
 
     error_type: ErrorType
     reason: TruncationReason | None = None
     rate_limit_kind: RateLimitKind | None = None
+    retry_after: float | None = None
+
+    @property
+    def retryable(self) -> bool:
+        """Worth retrying if nothing was delivered yet (a 200 with a non-SSE body is not: a
+        misconfigured endpoint answers the same way again)."""
+        return self.error_type in RETRYABLE and self.reason != "non_sse_body"
+
+    @property
+    def counts_for_breaker(self) -> bool:
+        """Whether the circuit breaker records it as a failure (else: ignored)."""
+        return self.error_type not in NOT_FOR_BREAKER
 
 
 def classify_error_code(code: str | None, message: str = "") -> tuple[ErrorType, RateLimitKind | None]:
@@ -116,7 +156,8 @@ def classify_request_exception(exc: BaseException) -> Failure | None:
     if isinstance(exc, openai.APIStatusError):
         return _status_failure(exc)
     if isinstance(exc, openai.APITimeoutError):
-        return Failure("timeout")
+        connect = isinstance(exc.__cause__, httpx2.ConnectTimeout)
+        return Failure("connect_timeout" if connect else "timeout")
     if isinstance(exc, openai.APIConnectionError):
         return Failure("connection_error")
     return Failure("other")
@@ -135,8 +176,9 @@ def classify_stream_exception(exc: BaseException) -> Failure | None:
         return Failure(failure.error_type, "in_stream_error", failure.rate_limit_kind)
     if isinstance(exc, openai.APIError):
         code, _typ, message = error_fields(exc.body)
-        error_type, kind = classify_error_code(exc.code or code, message or exc.message)
-        return Failure(error_type, "in_stream_error", kind)
+        message = message or exc.message
+        error_type, kind = classify_error_code(exc.code or code, message)
+        return Failure(error_type, "in_stream_error", kind, retry_delay_seconds(None, message))
     if isinstance(exc, json.JSONDecodeError):
         return Failure("malformed_event", "malformed_event")
     return Failure("other", "other")
@@ -145,7 +187,15 @@ def classify_stream_exception(exc: BaseException) -> Failure | None:
 def classify_in_stream_event(code: str | None, message: str) -> Failure:
     """An error the SDK yielded as an item (flat chat error, Responses ``error``/``response.failed``)."""
     error_type, kind = classify_error_code(code, message)
-    return Failure(error_type, "in_stream_error", kind)
+    return Failure(error_type, "in_stream_error", kind, retry_delay_seconds(None, message))
+
+
+WatchdogKind = Literal["first_token_timeout", "stall"]
+
+
+def watchdog_failure(kind: WatchdogKind) -> Failure:
+    """streamsentinel's own ``first_token_timeout`` or ``stall_timeout`` closed the stream."""
+    return Failure(kind, kind)
 
 
 def silent_end_failure(reason: TruncationReason) -> Failure:

@@ -61,11 +61,11 @@ def _rows(section: str, name: str, expected: Counter[str], counted: Counter[str]
 
 def logical_requests(records: Iterable[RequestRecord]) -> list[list[RequestRecord]]:
     """HTTP attempts grouped per logical request (the demo sends one ``X-Client-Request-Id`` per
-    logical request; the SDK repeats it on its retries), each group in attempt order."""
+    logical request; the SDK's and streamsentinel's retries repeat it), each group in arrival order."""
     groups: dict[str, list[RequestRecord]] = defaultdict(list)
     for record in records:
         groups[record.client_request_id or f"seq-{record.seq}"].append(record)
-    return [sorted(g, key=lambda r: r.retry_count or 0) for g in groups.values()]
+    return [sorted(g, key=lambda r: r.seq) for g in groups.values()]
 
 
 def _error_type(final: RequestRecord) -> str | None:
@@ -101,7 +101,9 @@ def ground_truth_rows(records: Sequence[RequestRecord], scrape: Scrape) -> list[
         in_stream = _in_stream_kind(record)
         if in_stream is not None:
             rate_limits[in_stream] += 1
+    # Each SDK call starts its retry count at 0: a second call in a group is streamsentinel's retry.
     retries = Counter("sdk" for r in records if r.retry_count)
+    retries["sentinel"] = sum(sum(1 for r in g if not r.retry_count) - 1 for g in groups)
     rows = [Row("server", "requests (logical)", len(groups), scrape.total("openai_stream_requests_total"))]
     rows += _rows("server", "outcome", outcomes, scrape.by("openai_stream_requests_total", "outcome"))
     rows += _rows(
