@@ -13,16 +13,22 @@ from typing import Any
 from opentelemetry.trace import TracerProvider
 from prometheus_client import CollectorRegistry
 
+from .breaker import BreakerConfig, SlidingWindowType, State
+from .circuit import BreakerKey, Fallback
 from .config import ChunkEvents, OnTruncation, Settings, resolve
-from .errors import StreamTruncatedError
+from .errors import CircuitOpenError, StreamTruncatedError
 from .metrics_server import start_metrics_server
 from .sentinel import Sentinel
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BreakerConfig",
+    "CircuitOpenError",
     "Sentinel",
     "Settings",
+    "SlidingWindowType",
+    "State",
     "StreamTruncatedError",
     "__version__",
     "active",
@@ -53,6 +59,9 @@ def instrument(
     retry_budget_min_retries: int | None = None,
     first_token_timeout: float | None = None,
     stall_timeout: float | None = None,
+    breaker: BreakerConfig | None = None,
+    breaker_key: BreakerKey | None = None,
+    breaker_fallback: Fallback | None = None,
 ) -> Sentinel:
     """Patch the ``openai`` package so every streaming call is observed. Idempotent.
 
@@ -74,6 +83,12 @@ def instrument(
             across requests (retries <= max(min, ratio * requests) per window of seconds).
         first_token_timeout: seconds from a request to its first output item (0: off).
         stall_timeout: longest gap between items, seconds (0: off).
+        breaker: the circuit breaker's ``BreakerConfig`` (mode ``enforce``, ``shadow`` or ``off``;
+            Resilience4j's settings); default: ``STREAMSENTINEL_BREAKER_*`` variables over defaults.
+        breaker_key: ``(operation, server, model, request kwargs) -> key`` choosing the breaker
+            (default ``"{server}/{model}"``).
+        breaker_fallback: when a breaker rejects a call: another model name to call instead, or a
+            callable ``(request kwargs) -> stream``; default: raise ``CircuitOpenError``.
 
     Each option falls back to its ``STREAMSENTINEL_*`` variable (see :mod:`streamsentinel.config`).
 
@@ -106,7 +121,14 @@ def instrument(
             "first_token_timeout": first_token_timeout,
             "stall_timeout": stall_timeout,
         }
-        sentinel = Sentinel(resolve(options), registry=registry, tracer_provider=tracer_provider)
+        sentinel = Sentinel(
+            resolve(options),
+            registry=registry,
+            tracer_provider=tracer_provider,
+            breaker=breaker,
+            breaker_key=breaker_key,
+            breaker_fallback=breaker_fallback,
+        )
         patches.install(sentinel)
         _active = sentinel
         return sentinel

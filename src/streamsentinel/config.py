@@ -19,16 +19,23 @@ invalid environment value never breaks the host: it is logged once and the defau
 | ``retry_budget_min_retries`` | ``STREAMSENTINEL_RETRY_BUDGET_MIN_RETRIES`` | int >= 0 | ``3`` |
 | ``first_token_timeout`` | ``STREAMSENTINEL_FIRST_TOKEN_TIMEOUT`` | seconds >= 0 (0: off) | ``0`` |
 | ``stall_timeout`` | ``STREAMSENTINEL_STALL_TIMEOUT`` | seconds >= 0 (0: off) | ``0`` |
+
+The circuit breaker's settings come as one ``BreakerConfig`` (option ``breaker``) or as
+``STREAMSENTINEL_BREAKER_<FIELD>`` variables, one per field (see :func:`breaker_config`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 import structlog
+
+from .breaker import DEFAULT_CONFIG as DEFAULT_BREAKER
+from .breaker import BreakerConfig
 
 OnTruncation = Literal["raise", "record"]
 ChunkEvents = Literal["anomalies", "all", "none"]
@@ -110,6 +117,39 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "first_token_timeout": _bounded(float, 0.0),
     "stall_timeout": _bounded(float, 0.0),
 }
+
+
+def breaker_config(
+    explicit: BreakerConfig | None = None, environ: Mapping[str, str] | None = None
+) -> BreakerConfig:
+    """The circuit breaker's settings: ``explicit`` if given, else ``BreakerConfig`` defaults
+    overridden by ``STREAMSENTINEL_BREAKER_<FIELD>`` variables (e.g. ``..._BREAKER_MODE=shadow``,
+    ``..._BREAKER_FAILURE_RATE_THRESHOLD=25``; ``..._SLOW_TTFT_THRESHOLD=0`` means unused). An
+    invalid variable is logged and ignored."""
+    if explicit is not None:
+        return explicit
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for field in dataclasses.fields(BreakerConfig):
+        var = env_name("breaker_" + field.name)
+        if var not in environ:
+            continue
+        raw = environ[var].strip()
+        default = getattr(DEFAULT_BREAKER, field.name)
+        try:
+            if field.name == "slow_ttft_threshold":
+                values[field.name] = float(raw) or None
+            elif isinstance(default, str):  # the mode and the window type
+                values[field.name] = raw.lower()
+            elif isinstance(default, int):
+                values[field.name] = int(raw)
+            else:
+                values[field.name] = float(raw)
+            BreakerConfig(**values)  # validate as we go, to name the culprit
+        except (ValueError, TypeError):
+            values.pop(field.name, None)
+            _log.warning("config.invalid_env", variable=var, using_default=True)
+    return BreakerConfig(**values)
 
 
 def env_name(option: str) -> str:

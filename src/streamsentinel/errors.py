@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx2
 import openai
 
-__all__ = ["StreamTruncatedError"]
+__all__ = ["CircuitOpenError", "StreamTruncatedError"]
 
 
 class StreamTruncatedError(openai.APIConnectionError):
@@ -47,3 +47,23 @@ class StreamTruncatedError(openai.APIConnectionError):
         self.chunks_received = chunks_received
         self.partial_text = partial_text
         self.request_id = request_id
+
+
+class CircuitOpenError(openai.APIConnectionError):
+    """The circuit breaker for this call's key is open: the call was rejected without any HTTP request.
+
+    A subclass of ``openai.APIConnectionError``, so code that handles an unreachable upstream
+    handles this too.
+
+    Attributes:
+        breaker: the breaker's key (default ``"{server}/{model}"``).
+        retry_after: seconds until the breaker lets a probe through (``math.inf`` when forced open).
+    """
+
+    def __init__(self, *, breaker: str, retry_after: float, request: httpx2.Request) -> None:
+        super().__init__(
+            message=f"Circuit breaker {breaker!r} is open; retry after {retry_after:.1f} s",
+            request=request,
+        )
+        self.breaker = breaker
+        self.retry_after = retry_after

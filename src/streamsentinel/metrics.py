@@ -152,6 +152,46 @@ class Metrics:
             ["stage"],
             **kw,
         )
+        # Circuit breaker (label ``breaker``: the breaker key, bounded by the breaker registry).
+        self.circuit_state = Gauge(
+            "openai_stream_circuit_state",
+            "Circuit breaker state: 1 for the current state, 0 for the others.",
+            ["breaker", "state"],
+            multiprocess_mode="livemax",
+            **kw,
+        )
+        self.circuit_transitions = Counter(
+            "openai_stream_circuit_transitions_total",
+            "Circuit breaker state transitions.",
+            ["breaker", "from_state", "to_state"],
+            **kw,
+        )
+        self.circuit_rejected = Counter(
+            "openai_stream_circuit_rejected_total",
+            "Calls rejected by an open circuit breaker (no HTTP request was made).",
+            ["breaker"],
+            **kw,
+        )
+        self.circuit_fallbacks = Counter(
+            "openai_stream_circuit_fallbacks_total",
+            "Rejected calls served by the configured fallback instead.",
+            ["breaker"],
+            **kw,
+        )
+        self.circuit_failure_rate = Gauge(
+            "openai_stream_circuit_failure_rate",
+            "Failure rate of the breaker's sliding window, 0..1 (NaN below the minimum number of calls).",
+            ["breaker"],
+            multiprocess_mode="mostrecent",
+            **kw,
+        )
+        self.circuit_slow_call_rate = Gauge(
+            "openai_stream_circuit_slow_call_rate",
+            "Slow-call rate of the breaker's sliding window, 0..1 (NaN below the minimum number of calls).",
+            ["breaker"],
+            multiprocess_mode="mostrecent",
+            **kw,
+        )
         self._bound: dict[tuple[str, str, str], BoundMetrics] = {}
         self._lock = threading.Lock()
 

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     import httpx2
     from opentelemetry.trace import Span
 
+    from .breaker import CircuitBreaker, Permit
     from .metrics import BoundMetrics
     from .ratelimit import RateLimitKind
     from .sse import ObservedSSEDecoder
@@ -46,6 +47,7 @@ class StreamObservation:
         "anomalies",
         "attempt",
         "attempt_start",
+        "breaker",
         "cached_tokens",
         "call",
         "chunks",
@@ -68,6 +70,7 @@ class StreamObservation:
         "operation",
         "outcome",
         "output_tokens",
+        "permit",
         "rate_limit_kinds",
         "reader",
         "reason",
@@ -121,6 +124,9 @@ class StreamObservation:
         self.call: tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]] | None = None
         self.attempt = 1
         self.sentinel_retries = 0
+        # The circuit breaker guarding this call and its permit (None: no breaker, or rejected).
+        self.breaker: CircuitBreaker | None = None
+        self.permit: Permit | None = None
         self.new_attempt(start)
 
     def new_attempt(self, at: float) -> None:

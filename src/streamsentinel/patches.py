@@ -13,6 +13,7 @@ Patches are class attributes replaced by ``wrapt`` wrappers and restored exactly
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -65,7 +66,7 @@ def _observed(kwargs: Mapping[str, Any]) -> bool:
     return kwargs.get("stream") is True and not _is_raw(kwargs)
 
 
-def _sync_entry(sentinel: Sentinel, operation: str) -> Callable[..., Any]:
+def _sync_entry(sentinel: Sentinel, operation: str, method: str) -> Callable[..., Any]:
     def wrapper(
         wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
@@ -77,6 +78,9 @@ def _sync_entry(sentinel: Sentinel, operation: str) -> Callable[..., Any]:
         except Exception:
             sentinel.internal_error("begin")
             return wrapped(*args, **kwargs)
+        rejected = sentinel.admit(obs, kwargs, instance)
+        if rejected is not None:
+            return sentinel.fallback(obs, rejected, getattr(instance, method), kwargs)
         var_token = CURRENT.set(obs)
         ctx_token = otel_context.attach(trace.set_span_in_context(obs.span))
         try:
@@ -92,7 +96,7 @@ def _sync_entry(sentinel: Sentinel, operation: str) -> Callable[..., Any]:
     return wrapper
 
 
-def _async_entry(sentinel: Sentinel, operation: str) -> Callable[..., Any]:
+def _async_entry(sentinel: Sentinel, operation: str, method: str) -> Callable[..., Any]:
     async def observed(
         wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
@@ -102,6 +106,10 @@ def _async_entry(sentinel: Sentinel, operation: str) -> Callable[..., Any]:
         except Exception:
             sentinel.internal_error("begin")
             return await wrapped(*args, **kwargs)
+        rejected = sentinel.admit(obs, kwargs, instance)
+        if rejected is not None:
+            served = sentinel.fallback(obs, rejected, getattr(instance, method), kwargs)
+            return await served if inspect.isawaitable(served) else served
         var_token = CURRENT.set(obs)
         ctx_token = otel_context.attach(trace.set_span_in_context(obs.span))
         try:
@@ -248,7 +256,7 @@ def install(sentinel: Sentinel) -> None:
     try:
         for module_name, class_name, method, operation in ENTRY_POINTS:
             is_async = class_name.startswith("Async")
-            wrapper = (_async_entry if is_async else _sync_entry)(sentinel, operation)
+            wrapper = (_async_entry if is_async else _sync_entry)(sentinel, operation, method)
             _patch(module_name, class_name, method, wrapper)
         base = "openai._base_client"
         _patch(base, "SyncAPIClient", "_send_request", _sync_send(sentinel))

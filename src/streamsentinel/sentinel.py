@@ -23,9 +23,11 @@ from opentelemetry.trace import TracerProvider
 from prometheus_client import CollectorRegistry
 
 from . import logs, tracing
+from .breaker import BreakerConfig
 from .chunks import READERS
-from .config import Settings
-from .errors import StreamTruncatedError
+from .circuit import BreakerKey, Circuits, Fallback
+from .config import Settings, breaker_config
+from .errors import CircuitOpenError, StreamTruncatedError
 from .metrics import BoundedLabel, metrics_for
 from .observation import Anomaly, StreamObservation
 from .proxy import ObservedAsyncStream, ObservedStream
@@ -75,6 +77,9 @@ class Sentinel:
         *,
         registry: CollectorRegistry | None = None,
         tracer_provider: TracerProvider | None = None,
+        breaker: BreakerConfig | None = None,
+        breaker_key: BreakerKey | None = None,
+        breaker_fallback: Fallback | None = None,
     ) -> None:
         self.settings = settings
         self.gap_alert = settings.gap_anomaly_seconds  # read per chunk: a plain attribute
@@ -89,6 +94,9 @@ class Sentinel:
         )
         self.watchdog = Watchdog(settings.first_token_timeout or None, settings.stall_timeout or None)
         self.metrics = metrics_for(registry)
+        self.circuits = Circuits(
+            breaker_config(breaker), self.metrics, key=breaker_key, fallback=breaker_fallback
+        )
         self.tracer = tracing.get_tracer(tracer_provider)
         self._model_label = BoundedLabel(settings.max_model_labels)
         self._server_label = BoundedLabel(settings.max_model_labels)
@@ -148,6 +156,50 @@ class Sentinel:
             logs.started(obs)
         return obs
 
+    def admit(
+        self, obs: StreamObservation, request: Mapping[str, Any], resource: Any
+    ) -> CircuitOpenError | None:
+        """Ask the call's circuit breaker for a permit. Returns the ``CircuitOpenError`` to raise when
+        it refuses (the request is then recorded as ``rejected``; no HTTP request may follow)."""
+        if not self.circuits.enabled:
+            return None
+        try:
+            breaker = self.circuits.breaker_for(obs, request)
+            obs.breaker = breaker
+            obs.permit = breaker.try_acquire()
+            if obs.permit is not None:
+                return None
+            error = CircuitOpenError(
+                breaker=breaker.name,
+                retry_after=breaker.retry_after(),
+                request=httpx2.Request("POST", str(resource._client.base_url)),
+            )
+            self.finish(obs, "rejected", None)
+            return error
+        except Exception:
+            self.internal_error("breaker")
+            return None
+
+    def fallback(
+        self,
+        obs: StreamObservation,
+        error: CircuitOpenError,
+        create: Callable[..., Any],
+        request: Mapping[str, Any],
+    ) -> Any:
+        """Serve a rejected call with the configured fallback, or raise ``error``. ``create`` is the
+        (patched) SDK method, so a fallback model's call is observed and guarded on its own."""
+        fallback = self.circuits.fallback
+        if fallback is None or obs.breaker is None:
+            raise error
+        if isinstance(fallback, str):
+            if request.get("model") in (None, fallback):
+                raise error
+            self.circuits.count_fallback(obs.breaker)
+            return create(**{**request, "model": fallback})
+        self.circuits.count_fallback(obs.breaker)
+        return fallback(request)
+
     def wrap_stream(self, obs: StreamObservation, result: Any) -> Any:
         """Put the stream ``create()`` returned under observation (anything else passes through)."""
         try:
@@ -182,6 +234,8 @@ class Sentinel:
             return
         obs.ended = True
         try:
+            if obs.breaker is not None and obs.permit is not None:
+                obs.breaker.on_ignored(obs.permit)
             obs.labels.in_flight.dec()
             obs.span.end()
         except Exception:
@@ -461,6 +515,25 @@ class Sentinel:
             obs.labels.record_stream(obs, end)
         except Exception:
             self.internal_error("metrics")
+        if obs.breaker is not None and obs.permit is not None:
+            try:
+                before = obs.breaker.state
+                Circuits.report(obs.breaker, obs.permit, outcome, failure, obs, end)
+                after = obs.breaker.state
+                if after is not before:
+                    obs.anomalies.append(
+                        Anomaly(
+                            "circuit_state",
+                            end - obs.start,
+                            {
+                                "streamsentinel.breaker": obs.breaker.name,
+                                "streamsentinel.from_state": before.value,
+                                "streamsentinel.to_state": after.value,
+                            },
+                        )
+                    )
+            except Exception:
+                self.internal_error("breaker")
         try:
             tracing.end_span(obs, end, capture_content=self.settings.capture_content)
         except Exception:

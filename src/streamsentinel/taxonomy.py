@@ -21,8 +21,9 @@ import openai
 
 from .ratelimit import RateLimitKind, classify_429, error_fields, retry_delay_seconds
 
-Outcome = Literal["completed", "truncated", "failed", "abandoned"]
-"""``openai_stream_requests_total{outcome}``: exactly one per logical stream request."""
+Outcome = Literal["completed", "truncated", "failed", "abandoned", "rejected"]
+"""``openai_stream_requests_total{outcome}``: exactly one per logical stream request
+(``rejected``: an open circuit breaker refused it before any HTTP request)."""
 
 ErrorType = Literal[
     "rate_limited",

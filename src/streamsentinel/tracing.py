@@ -142,8 +142,9 @@ def end_span(obs: StreamObservation, end: float, *, capture_content: bool) -> No
         if capture_content:
             event["streamsentinel.partial_text"] = obs.partial_text
         span.add_event("streamsentinel.truncated", event, _ns(obs, end - obs.start))
-    if obs.error_type is not None:
-        attrs[ERROR_TYPE] = obs.error_type
-        span.set_status(Status(StatusCode.ERROR, obs.error_type))
+    error_type = obs.error_type or ("circuit_open" if obs.outcome == "rejected" else None)
+    if error_type is not None:
+        attrs[ERROR_TYPE] = error_type
+        span.set_status(Status(StatusCode.ERROR, error_type))
     span.set_attributes(attrs)
     span.end(end_time=_ns(obs, end - obs.start))
