@@ -16,8 +16,9 @@ from prometheus_client import CollectorRegistry
 from .breaker import BreakerConfig, SlidingWindowType, State
 from .circuit import BreakerKey, Fallback
 from .config import ChunkEvents, OnTruncation, Settings, resolve
-from .errors import CircuitOpenError, StreamTruncatedError
+from .errors import CircuitOpenError, StreamDivergedError, StreamTruncatedError
 from .metrics_server import start_metrics_server
+from .resume import ResumeStrategy
 from .sentinel import Sentinel
 
 __version__ = "0.1.0"
@@ -29,6 +30,7 @@ __all__ = [
     "Settings",
     "SlidingWindowType",
     "State",
+    "StreamDivergedError",
     "StreamTruncatedError",
     "__version__",
     "active",
@@ -59,6 +61,7 @@ def instrument(
     retry_budget_min_retries: int | None = None,
     first_token_timeout: float | None = None,
     stall_timeout: float | None = None,
+    resume: ResumeStrategy | None = None,
     breaker: BreakerConfig | None = None,
     breaker_key: BreakerKey | None = None,
     breaker_fallback: Fallback | None = None,
@@ -83,6 +86,10 @@ def instrument(
             across requests (retries <= max(min, ratio * requests) per window of seconds).
         first_token_timeout: seconds from a request to its first output item (0: off).
         stall_timeout: longest gap between items, seconds (0: off).
+        resume: after output started, ``"replay"`` re-issues a broken stream and skips what was
+            delivered (``StreamDivergedError`` if the new output differs); ``"responses"``
+            continues a ``background=True`` Responses stream from its last sequence number;
+            ``"off"`` (default) lets the failure reach the consumer.
         breaker: the circuit breaker's ``BreakerConfig`` (mode ``enforce``, ``shadow`` or ``off``;
             Resilience4j's settings); default: ``STREAMSENTINEL_BREAKER_*`` variables over defaults.
         breaker_key: ``(operation, server, model, request kwargs) -> key`` choosing the breaker
@@ -120,6 +127,7 @@ def instrument(
             "retry_budget_min_retries": retry_budget_min_retries,
             "first_token_timeout": first_token_timeout,
             "stall_timeout": stall_timeout,
+            "resume": resume,
         }
         sentinel = Sentinel(
             resolve(options),

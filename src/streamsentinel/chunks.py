@@ -94,6 +94,13 @@ def read_chat(obs: StreamObservation, item: Any, now: float) -> None:
                 obs.text.append(content)
             if obs.first_at is None:
                 _first_token(obs, now)
+        elif delta.tool_calls:
+            if choice.index == 0:
+                obs.tool_args.extend(
+                    c.function.arguments for c in delta.tool_calls if c.function and c.function.arguments
+                )
+            if obs.first_at is None:
+                _first_token(obs, now)
         elif obs.first_at is None and _has_output(delta):
             _first_token(obs, now)
         finish_reason = choice.finish_reason
@@ -152,11 +159,14 @@ def _responses_terminal(obs: StreamObservation, item: Any) -> None:
 def read_responses(obs: StreamObservation, item: Any, now: float) -> None:
     """A Responses API ``ResponseStreamEvent``."""
     typ = item.type
+    obs.last_seq = item.sequence_number
     if typ == "response.output_text.delta":
         obs.text.append(item.delta)
         if obs.first_at is None:
             _first_token(obs, now)
     elif typ in _RESPONSES_OUTPUT_DELTAS:
+        if typ == "response.function_call_arguments.delta":
+            obs.tool_args.append(item.delta)
         if obs.first_at is None:
             _first_token(obs, now)
     elif typ in RESPONSES_TERMINAL:

@@ -19,6 +19,7 @@ invalid environment value never breaks the host: it is logged once and the defau
 | ``retry_budget_min_retries`` | ``STREAMSENTINEL_RETRY_BUDGET_MIN_RETRIES`` | int >= 0 | ``3`` |
 | ``first_token_timeout`` | ``STREAMSENTINEL_FIRST_TOKEN_TIMEOUT`` | seconds >= 0 (0: off) | ``0`` |
 | ``stall_timeout`` | ``STREAMSENTINEL_STALL_TIMEOUT`` | seconds >= 0 (0: off) | ``0`` |
+| ``resume`` | ``STREAMSENTINEL_RESUME`` | ``off``, ``replay``, ``responses`` | ``off`` |
 
 The circuit breaker's settings come as one ``BreakerConfig`` (option ``breaker``) or as
 ``STREAMSENTINEL_BREAKER_<FIELD>`` variables, one per field (see :func:`breaker_config`).
@@ -36,6 +37,7 @@ import structlog
 
 from .breaker import DEFAULT_CONFIG as DEFAULT_BREAKER
 from .breaker import BreakerConfig
+from .resume import ResumeStrategy
 
 OnTruncation = Literal["raise", "record"]
 ChunkEvents = Literal["anomalies", "all", "none"]
@@ -62,6 +64,7 @@ class Settings:
     retry_budget_min_retries: int = 3
     first_token_timeout: float = 0.0
     stall_timeout: float = 0.0
+    resume: ResumeStrategy = "off"
 
 
 def parse_bool(raw: str) -> bool:
@@ -116,6 +119,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "retry_budget_min_retries": _bounded(int, 0),
     "first_token_timeout": _bounded(float, 0.0),
     "stall_timeout": _bounded(float, 0.0),
+    "resume": _choice("off", "replay", "responses"),
 }
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx2
 import openai
 
-__all__ = ["CircuitOpenError", "StreamTruncatedError"]
+__all__ = ["CircuitOpenError", "StreamDivergedError", "StreamTruncatedError"]
 
 
 class StreamTruncatedError(openai.APIConnectionError):
@@ -67,3 +67,30 @@ class CircuitOpenError(openai.APIConnectionError):
         )
         self.breaker = breaker
         self.retry_after = retry_after
+
+
+class StreamDivergedError(openai.APIConnectionError):
+    """A resumed stream (``resume="replay"``) did not begin with what the consumer already received,
+    so it cannot continue seamlessly.
+
+    Attributes:
+        delivered: the output already delivered (text, then tool-call arguments), before the break.
+        received: the replayed output up to the first difference.
+    """
+
+    def __init__(self, *, delivered: str, received: str, request: httpx2.Request) -> None:
+        super().__init__(
+            message=f"Replayed stream diverged after {_common_prefix(delivered, received)} characters",
+            request=request,
+        )
+        self.delivered = delivered
+        self.received = received
+
+
+def _common_prefix(a: str, b: str) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n

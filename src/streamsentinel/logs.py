@@ -60,6 +60,12 @@ def retry(obs: StreamObservation, *, layer: str, reason: str, attempt: int, dela
     _log.info("stream.retry", layer=layer, reason=reason, attempt=attempt, delay_seconds=delay, **_ids(obs))
 
 
+def resume(obs: StreamObservation, *, strategy: str, reason: str, attempt: int) -> None:
+    _log.warning(
+        "stream.resume", strategy=strategy, reason=reason, attempt=attempt, chunks=obs.chunks, **_ids(obs)
+    )
+
+
 def retry_denied(obs: StreamObservation, *, reason: str, why: str) -> None:
     _log.warning("stream.retry_denied", reason=reason, why=why, **_ids(obs))
 

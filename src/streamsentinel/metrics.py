@@ -152,6 +152,13 @@ class Metrics:
             ["stage"],
             **kw,
         )
+        self.resumes = Counter(
+            "openai_stream_resumes_total",
+            "Streams continued after output had started (resume=replay|responses), by result "
+            "(resumed, diverged, failed).",
+            [*b, "strategy", "result"],
+            **kw,
+        )
         # Circuit breaker (label ``breaker``: the breaker key, bounded by the breaker registry).
         self.circuit_state = Gauge(
             "openai_stream_circuit_state",
@@ -265,6 +272,9 @@ class BoundMetrics:
 
     def record_retry(self, layer: str, reason: str) -> None:
         self.child(self.families.retries, layer, reason).inc()
+
+    def record_resume(self, strategy: str, result: str) -> None:
+        self.child(self.families.resumes, strategy, result).inc()
 
     def record_rate_limit(self, kind: str) -> None:
         self.child(self.families.rate_limit_events, kind).inc()

@@ -65,6 +65,7 @@ class StreamObservation:
         "labels",
         "last_at",
         "last_attempt_reason",
+        "last_seq",
         "max_gap",
         "model",
         "operation",
@@ -89,6 +90,7 @@ class StreamObservation:
         "terminal",
         "text",
         "timeout_kind",
+        "tool_args",
     )
 
     def __init__(
@@ -127,36 +129,42 @@ class StreamObservation:
         # The circuit breaker guarding this call and its permit (None: no breaker, or rejected).
         self.breaker: CircuitBreaker | None = None
         self.permit: Permit | None = None
+        # Set once, at the end.
+        self.ended = False
+        self.outcome: Outcome | None = None
+        self.error_type: ErrorType | None = None
+        self.reason: TruncationReason | None = None
         self.new_attempt(start)
 
-    def new_attempt(self, at: float) -> None:
-        """Forget what the previous attempt's stream delivered (nothing reached the consumer)."""
+    def new_connection(self, at: float) -> None:
+        """A new HTTP stream for the same request: forget the previous one's connection facts."""
         self.attempt_start = at
         self.headers_at = at
         self.timeout_kind: str | None = None  # set by the watchdog when it closed the stream
+        self.terminal: str | None = None
+        self.in_stream_error: tuple[str | None, str] | None = None
+        self.finish_reasons: dict[int, str] = {}
+        self.response: httpx2.Response | None = None
+        self.request_id: str | None = None
+        self.decoder: ObservedSSEDecoder | None = None
+
+    def new_attempt(self, at: float) -> None:
+        """Forget what the previous attempt's stream delivered (nothing reached the consumer)."""
+        self.new_connection(at)
         self.chunks = 0
         self.error_items = 0  # error events the SDK yielded as items (not payload)
         self.first_at: float | None = None
         self.last_at = at
         self.max_gap = 0.0
         self.text: list[str] = []
-        self.finish_reasons: dict[int, str] = {}
-        self.terminal: str | None = None
-        self.in_stream_error: tuple[str | None, str] | None = None
+        self.tool_args: list[str] = []  # choice 0's tool-call argument pieces, as delivered
+        self.last_seq: int | None = None  # Responses: sequence_number of the last event
         self.response_id: str | None = None
         self.response_model: str | None = None
         self.input_tokens: int | None = None
         self.output_tokens: int | None = None
         self.reasoning_tokens: int | None = None
         self.cached_tokens: int | None = None
-        self.response: httpx2.Response | None = None
-        self.request_id: str | None = None
-        self.decoder: ObservedSSEDecoder | None = None
-        # Set once, at the end.
-        self.ended = False
-        self.outcome: Outcome | None = None
-        self.error_type: ErrorType | None = None
-        self.reason: TruncationReason | None = None
 
     @property
     def done_seen(self) -> bool | None:

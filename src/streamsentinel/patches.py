@@ -280,5 +280,11 @@ def remove() -> None:
         setattr(owner, method, original)
 
 
+def original(owner: type, method: str) -> Any:
+    """The unpatched function behind ``owner.method`` (itself when not patched)."""
+    attribute = owner.__dict__[method]
+    return getattr(attribute, "__wrapped__", attribute)
+
+
 def installed() -> bool:
     return bool(_applied)

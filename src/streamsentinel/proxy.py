@@ -23,6 +23,8 @@ import wrapt
 
 from .chunks import ChunkReader
 from .observation import Anomaly, StreamObservation
+from .resume import Diverged, ReplaySkipper
+from .taxonomy import Failure
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable
@@ -69,18 +71,36 @@ def _observe(
     # are held back: until the first output the consumer has seen nothing, so a retry is safe.
     holding = sentinel.retry_policy.attempts > 1
     held: list[Any] = []
+    skipper: ReplaySkipper | None = None  # a replayed stream's already-delivered part
+    broken: Failure | None = None  # the failure a resume is repairing
     while True:
         try:
             item = next_item()
         except StopIteration:
+            if skipper is not None and (short := skipper.unfinished()) is not None:
+                raise sentinel.diverged(obs, broken or Failure("other"), short) from None
             failure = sentinel.eof_failure(obs)
-            if failure is not None and holding and (delay := sentinel.retry_delay(obs, failure)) is not None:
-                held.clear()
-                time.sleep(delay)
-                stream = sentinel.reissue(obs)
-                _switch(proxy, stream)
-                next_item = stream.__next__
-                continue
+            if failure is not None:
+                if holding and (delay := sentinel.retry_delay(obs, failure)) is not None:
+                    held.clear()
+                    time.sleep(delay)
+                    stream = sentinel.reissue(obs)
+                    _switch(proxy, stream)
+                    next_item = stream.__next__
+                    continue
+                if not holding and (delay := sentinel.resume_delay(obs, failure)) is not None:
+                    time.sleep(delay)
+                    try:
+                        stream = sentinel.resume(obs)
+                    except Exception:
+                        sentinel.resume_result(obs, "failed")
+                    else:
+                        skipper, broken = sentinel.replay_skipper(obs), failure
+                        if skipper is None:
+                            sentinel.resume_result(obs, "resumed")
+                        _switch(proxy, stream)
+                        next_item = stream.__next__
+                        continue
             error = sentinel.end_of_stream(obs, failure)
             yield from held
             if error is not None:
@@ -88,16 +108,41 @@ def _observe(
             return
         except BaseException as exc:
             failure = sentinel.raised_failure(obs, exc)
-            if failure is not None and holding and (delay := sentinel.retry_delay(obs, failure)) is not None:
-                held.clear()
-                time.sleep(delay)
-                stream = sentinel.reissue(obs)
-                _switch(proxy, stream)
-                next_item = stream.__next__
-                continue
+            if failure is not None:
+                if holding and (delay := sentinel.retry_delay(obs, failure)) is not None:
+                    held.clear()
+                    time.sleep(delay)
+                    stream = sentinel.reissue(obs)
+                    _switch(proxy, stream)
+                    next_item = stream.__next__
+                    continue
+                if not holding and (delay := sentinel.resume_delay(obs, failure)) is not None:
+                    time.sleep(delay)
+                    try:
+                        stream = sentinel.resume(obs)
+                    except Exception:
+                        sentinel.resume_result(obs, "failed")
+                    else:
+                        skipper, broken = sentinel.replay_skipper(obs), failure
+                        if skipper is None:
+                            sentinel.resume_result(obs, "resumed")
+                        _switch(proxy, stream)
+                        next_item = stream.__next__
+                        continue
             sentinel.stream_raised(obs, failure)
             yield from held  # what the consumer would have had before the error
             raise
+        if skipper is not None:
+            try:
+                kept = skipper.feed(item)
+            except Diverged as diverged:
+                raise sentinel.diverged(obs, broken or Failure("other"), diverged) from None
+            if kept is None:
+                continue
+            item = kept
+            if skipper.done:
+                sentinel.resume_result(obs, "resumed")
+                skipper = None
         seen(obs, item, sentinel)
         if holding:
             if obs.first_at is None:
@@ -116,20 +161,38 @@ async def _aobserve(
     proxy: weakref.ref[Any],
 ) -> AsyncIterator[Any]:
     seen = _item_seen
-    holding = sentinel.retry_policy.attempts > 1  # see _observe
+    holding = sentinel.retry_policy.attempts > 1  # see _observe, which this mirrors line for line
     held: list[Any] = []
+    skipper: ReplaySkipper | None = None
+    broken: Failure | None = None
     while True:
         try:
             item = await next_item()
         except StopAsyncIteration:
+            if skipper is not None and (short := skipper.unfinished()) is not None:
+                raise sentinel.diverged(obs, broken or Failure("other"), short) from None
             failure = sentinel.eof_failure(obs)
-            if failure is not None and holding and (delay := sentinel.retry_delay(obs, failure)) is not None:
-                held.clear()
-                await asyncio.sleep(delay)
-                stream = await sentinel.areissue(obs)
-                _switch(proxy, stream)
-                next_item = stream.__anext__
-                continue
+            if failure is not None:
+                if holding and (delay := sentinel.retry_delay(obs, failure)) is not None:
+                    held.clear()
+                    await asyncio.sleep(delay)
+                    stream = await sentinel.areissue(obs)
+                    _switch(proxy, stream)
+                    next_item = stream.__anext__
+                    continue
+                if not holding and (delay := sentinel.resume_delay(obs, failure)) is not None:
+                    await asyncio.sleep(delay)
+                    try:
+                        stream = await sentinel.aresume(obs)
+                    except Exception:
+                        sentinel.resume_result(obs, "failed")
+                    else:
+                        skipper, broken = sentinel.replay_skipper(obs), failure
+                        if skipper is None:
+                            sentinel.resume_result(obs, "resumed")
+                        _switch(proxy, stream)
+                        next_item = stream.__anext__
+                        continue
             error = sentinel.end_of_stream(obs, failure)
             for kept in held:
                 yield kept
@@ -138,17 +201,42 @@ async def _aobserve(
             return
         except BaseException as exc:
             failure = sentinel.raised_failure(obs, exc)
-            if failure is not None and holding and (delay := sentinel.retry_delay(obs, failure)) is not None:
-                held.clear()
-                await asyncio.sleep(delay)
-                stream = await sentinel.areissue(obs)
-                _switch(proxy, stream)
-                next_item = stream.__anext__
-                continue
+            if failure is not None:
+                if holding and (delay := sentinel.retry_delay(obs, failure)) is not None:
+                    held.clear()
+                    await asyncio.sleep(delay)
+                    stream = await sentinel.areissue(obs)
+                    _switch(proxy, stream)
+                    next_item = stream.__anext__
+                    continue
+                if not holding and (delay := sentinel.resume_delay(obs, failure)) is not None:
+                    await asyncio.sleep(delay)
+                    try:
+                        stream = await sentinel.aresume(obs)
+                    except Exception:
+                        sentinel.resume_result(obs, "failed")
+                    else:
+                        skipper, broken = sentinel.replay_skipper(obs), failure
+                        if skipper is None:
+                            sentinel.resume_result(obs, "resumed")
+                        _switch(proxy, stream)
+                        next_item = stream.__anext__
+                        continue
             sentinel.stream_raised(obs, failure)
             for kept in held:
                 yield kept
             raise
+        if skipper is not None:
+            try:
+                kept_item = skipper.feed(item)
+            except Diverged as diverged:
+                raise sentinel.diverged(obs, broken or Failure("other"), diverged) from None
+            if kept_item is None:
+                continue
+            item = kept_item
+            if skipper.done:
+                sentinel.resume_result(obs, "resumed")
+                skipper = None
         seen(obs, item, sentinel)
         if holding:
             if obs.first_at is None:

@@ -27,11 +27,12 @@ from .breaker import BreakerConfig
 from .chunks import READERS
 from .circuit import BreakerKey, Circuits, Fallback
 from .config import Settings, breaker_config
-from .errors import CircuitOpenError, StreamTruncatedError
+from .errors import CircuitOpenError, StreamDivergedError, StreamTruncatedError
 from .metrics import BoundedLabel, metrics_for
 from .observation import Anomaly, StreamObservation
 from .proxy import ObservedAsyncStream, ObservedStream
 from .ratelimit import classify_429, json_or_none, parse_headers, retry_delay_seconds
+from .resume import Diverged, ReplaySkipper
 from .retry import RetryBudget, RetryPolicy
 from .sse import ObservedSSEDecoder
 from .taxonomy import (
@@ -431,6 +432,96 @@ class Sentinel:
         except Exception:
             self.internal_error("retry")
             return None
+
+    # -- resuming after output ---------------------------------------------------------------------
+
+    def resume_delay(self, obs: StreamObservation, failure: Failure) -> float | None:
+        """Seconds to wait before resuming ``obs`` after a break mid-output, or None when the
+        ``resume`` setting, the failure, the attempts or the budgets say no."""
+        try:
+            strategy = self.settings.resume
+            policy = self.retry_policy
+            if strategy == "off" or obs.ended or obs.call is None or not failure.retryable:
+                return None
+            if obs.attempt >= policy.attempts:
+                return None
+            if strategy == "responses" and (
+                obs.operation != "responses" or obs.response_id is None or obs.last_seq is None
+            ):
+                return None
+            delay = policy.backoff(obs.attempt - 1, failure.retry_after)
+            if perf_counter() - obs.start + delay > policy.time_budget or not self.retry_budget.try_spend():
+                return None
+            logs.resume(obs, strategy=strategy, reason=failure.error_type, attempt=obs.attempt + 1)
+            return delay
+        except Exception:
+            self.internal_error("resume")
+            return None
+
+    def _resume_call(
+        self, obs: StreamObservation
+    ) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
+        if obs.response is not None:
+            try:
+                obs.response.close()
+            except Exception:
+                pass
+        self.watchdog.unwatch(obs)
+        obs.attempt += 1
+        obs.new_connection(perf_counter())
+        create, args, kwargs = obs.call  # type: ignore[misc]  # resume_delay() checked it
+        if self.settings.resume == "responses":
+            from .patches import original
+
+            resource = create.__self__  # type: ignore[union-attr]  # a bound SDK method
+            retrieve = original(type(resource), "retrieve").__get__(resource)
+            return retrieve, (obs.response_id,), {"stream": True, "starting_after": obs.last_seq}
+        return create, args, kwargs
+
+    def resume(self, obs: StreamObservation) -> Any:
+        """Open the stream that continues ``obs`` (sync). Raises what the SDK raised."""
+        call, args, kwargs = self._resume_call(obs)
+        token = CURRENT.set(obs)
+        try:
+            stream = call(*args, **kwargs)
+        finally:
+            CURRENT.reset(token)
+        self._adopt(obs, stream)
+        return stream
+
+    async def aresume(self, obs: StreamObservation) -> Any:
+        """:meth:`resume` for an ``AsyncOpenAI`` client."""
+        call, args, kwargs = self._resume_call(obs)
+        token = CURRENT.set(obs)
+        try:
+            stream = await call(*args, **kwargs)
+        finally:
+            CURRENT.reset(token)
+        self._adopt(obs, stream)
+        return stream
+
+    def replay_skipper(self, obs: StreamObservation) -> ReplaySkipper | None:
+        """What the replayed stream must repeat before it continues (None: nothing to skip)."""
+        if self.settings.resume != "replay":
+            return None
+        return ReplaySkipper(obs.operation, ("".join(obs.text), "".join(obs.tool_args)))
+
+    def resume_result(self, obs: StreamObservation, result: str) -> None:
+        """``resumed`` (caught up), ``diverged`` or ``failed`` (the continuation could not start)."""
+        try:
+            obs.labels.record_resume(self.settings.resume, result)
+        except Exception:
+            self.internal_error("resume")
+
+    def diverged(self, obs: StreamObservation, failure: Failure, error: Diverged) -> StreamDivergedError:
+        """Record a replay that differed from what was delivered; returns the error to raise."""
+        self.resume_result(obs, "diverged")
+        self.finish(obs, "truncated", failure)
+        return StreamDivergedError(
+            delivered=error.delivered,
+            received=error.received,
+            request=obs.response.request if obs.response is not None else _NO_REQUEST,
+        )
 
     def _start_attempt(
         self, obs: StreamObservation
