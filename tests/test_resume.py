@@ -19,8 +19,8 @@ from .support import RECORDINGS_DIR, STALL_TIMEOUT, TIMEOUT, Telemetry, reinstru
 
 CHUNKS = 8
 PROMPT = "Tell me about streams"
-CHAT = {"messages": [{"role": "user", "content": PROMPT}]}
-RESPONSES = {"input": PROMPT}
+CHAT: dict[str, Any] = {"messages": [{"role": "user", "content": PROMPT}]}
+RESPONSES: dict[str, Any] = {"input": PROMPT}
 # Faults that break a stream after output started, and a first-output index per API: chat's
 # event 1 is the role chunk; Responses' first output delta is event 5.
 BREAKS = [
@@ -59,10 +59,14 @@ def text_of(api: str, items: list[Any]) -> str:
 
 def consume(server: ChaosServer, api: str, *, timeout: Any = TIMEOUT, **extra: Any) -> list[Any]:
     with openai.OpenAI(base_url=server.base_url, api_key="k", max_retries=0, timeout=timeout) as client:
-        if api == "chat":
-            stream = client.chat.completions.create(model="m", stream=True, **CHAT, **extra)
-        else:
-            stream = client.responses.create(model="m", stream=True, **RESPONSES, **extra)
+        kwargs: dict[str, Any] = {
+            "model": "m",
+            "stream": True,
+            **(CHAT if api == "chat" else RESPONSES),
+            **extra,
+        }
+        create: Any = client.chat.completions.create if api == "chat" else client.responses.create
+        stream = create(**kwargs)
         with stream:
             return list(stream)
 
@@ -99,10 +103,8 @@ async def test_replay_async(seed: int) -> None:
         async with openai.AsyncOpenAI(
             base_url=server.base_url, api_key="k", max_retries=0, timeout=TIMEOUT
         ) as c:
-            if api == "chat":
-                stream = await c.chat.completions.create(model="m", stream=True, **CHAT)
-            else:
-                stream = await c.responses.create(model="m", stream=True, **RESPONSES)
+            create: Any = c.chat.completions.create if api == "chat" else c.responses.create
+            stream = await create(model="m", stream=True, **(CHAT if api == "chat" else RESPONSES))
             items = [item async for item in stream]
         assert text_of(api, items) == expected(server, api)
     assert telemetry.by("openai_stream_resumes_total", "result") == {"resumed": 1}
