@@ -37,3 +37,11 @@ def test_cli_dispatches_and_rejects_unknown(capsys: pytest.CaptureFixture[str]) 
     assert cli_main(["--help"]) == 0
     assert "demo" in capsys.readouterr().out
     assert cli_main(["nope"]) == 2
+
+
+def test_demo_outage_opens_and_closes_the_breaker(capsys: pytest.CaptureFixture[str]) -> None:
+    code = demo_main(["--scenario", "outage", "--requests", "120", "--metrics-port", "0"])
+    out = capsys.readouterr().out
+    assert "accounting: OK" in out, out
+    assert "breaker closed at the end" in out
+    assert code == 0

@@ -104,8 +104,13 @@ def ground_truth_rows(records: Sequence[RequestRecord], scrape: Scrape) -> list[
     # Each SDK call starts its retry count at 0: a second call in a group is streamsentinel's retry.
     retries = Counter("sdk" for r in records if r.retry_count)
     retries["sentinel"] = sum(sum(1 for r in g if not r.retry_count) - 1 for g in groups)
-    rows = [Row("server", "requests (logical)", len(groups), scrape.total("openai_stream_requests_total"))]
-    rows += _rows("server", "outcome", outcomes, scrape.by("openai_stream_requests_total", "outcome"))
+    # Calls the breaker rejected never reached the server: the consumer rows account for them.
+    rejected = scrape.total("openai_stream_requests_total", outcome="rejected")
+    reached = scrape.total("openai_stream_requests_total") - rejected
+    rows = [Row("server", "requests (logical)", len(groups), reached)]
+    counted_outcomes = scrape.by("openai_stream_requests_total", "outcome")
+    counted_outcomes.pop("rejected", None)
+    rows += _rows("server", "outcome", outcomes, counted_outcomes)
     rows += _rows(
         "server", "truncations", truncations, scrape.by("openai_stream_truncations_total", "reason")
     )
@@ -137,7 +142,13 @@ def consumer_rows(results: Sequence[ConsumerResult], scrape: Scrape) -> list[Row
             "consumer",
             "ended with an error",
             sum(1 for r in results if r.error is not None),
-            requests["truncated"] + requests["failed"],
+            requests["truncated"] + requests["failed"] + requests["rejected"],
+        ),
+        Row(
+            "consumer",
+            "rejected by the breaker (CircuitOpenError)",
+            sum(1 for r in results if r.error == "CircuitOpenError"),
+            requests["rejected"],
         ),
         Row(
             "consumer",
@@ -153,3 +164,33 @@ def consumer_rows(results: Sequence[ConsumerResult], scrape: Scrape) -> list[Row
             scrape.total("openai_stream_instrumentation_errors_total"),
         ),
     ]
+
+
+def breaker_rows(scrape: Scrape) -> list[Row]:
+    """The outage scenario's expectation: the breaker opened once, probed once and closed once."""
+    transitions = Counter(
+        {
+            f"{s.labels['from_state']}->{s.labels['to_state']}": round(s.value)
+            for s in scrape.samples
+            if s.name == "openai_stream_circuit_transitions_total" and s.value
+        }
+    )
+    expected = Counter({"closed->open": 1, "open->half_open": 1, "half_open->closed": 1})
+    rows = _rows("scenario", "breaker transitions", expected, transitions)
+    rows.append(
+        Row(
+            "scenario",
+            "breaker closed at the end",
+            1,
+            scrape.total("openai_stream_circuit_state", state="closed"),
+        )
+    )
+    rows.append(
+        Row(
+            "scenario",
+            "rejections counted by the breaker",
+            scrape.total("openai_stream_requests_total", outcome="rejected"),
+            scrape.total("openai_stream_circuit_rejected_total"),
+        )
+    )
+    return rows

@@ -13,7 +13,9 @@ import os
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx2
@@ -25,8 +27,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from .. import instrument, start_metrics_server, uninstrument
-from ..chaos import ChaosServer, FaultPlan, load_recordings
-from .accounting import Row, consumer_rows, ground_truth_rows, surfaced_rows
+from ..breaker import BreakerConfig
+from ..chaos import ChaosServer, Fault, FaultPlan, load_recordings
+from .accounting import Row, breaker_rows, consumer_rows, ground_truth_rows, surfaced_rows
 from .scrape import Scrape
 from .workload import ConsumerResult, run_workload
 
@@ -47,6 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--read-timeout", type=float, default=1.0, help="client read timeout, s")
     parser.add_argument("--serve", action="store_true", help="keep /metrics up after the run")
     parser.add_argument("--log-file", type=Path, help="structlog JSON lines (default: a temp file)")
+    parser.add_argument(
+        "--scenario",
+        choices=["faults", "outage"],
+        default="faults",
+        help="faults: a seeded mix of every fault; outage: healthy, then every request fails until "
+        "the circuit breaker opens, then recovery until it closes again",
+    )
     return parser
 
 
@@ -61,6 +71,41 @@ def _configure_logging(path: Path) -> None:
         wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
         logger_factory=structlog.WriteLoggerFactory(file=path.open("a", encoding="utf-8")),
     )
+
+
+# The outage scenario's breaker: small numbers so it opens and closes within a short demo.
+OUTAGE_BREAKER = BreakerConfig(
+    minimum_number_of_calls=10,
+    sliding_window_size=20,
+    wait_duration_in_open_state=1.0,
+    permitted_number_of_calls_in_half_open_state=3,
+    timeout_streak_min_seconds=0.0,
+)
+
+
+@dataclass(frozen=True)
+class Phase:
+    """A stretch of traffic: how many requests, the server's plan (None: keep), a pause before it."""
+
+    name: str
+    requests: int
+    plan: FaultPlan | None = None
+    pause: float = 0.0
+
+
+def _phases(args: argparse.Namespace, server: ChaosServer | None) -> list[Phase]:
+    if args.scenario == "faults" or server is None:
+        return [Phase("faults", args.requests)]
+    quarter = max(args.requests // 4, 1)
+    return [
+        Phase("healthy", quarter, FaultPlan()),
+        Phase(
+            "outage",
+            args.requests - 2 * quarter,
+            FaultPlan(weights={Fault.SERVER_ERROR: 1.0}, seed=args.seed),
+        ),
+        Phase("recovery", quarter, FaultPlan(), pause=OUTAGE_BREAKER.wait_duration_in_open_state + 0.2),
+    ]
 
 
 def _table(rows: Sequence[Row]) -> Table:
@@ -101,7 +146,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # A registry of its own: the accounting must see this run's counts only.
     registry = CollectorRegistry()
-    instrument(registry=registry)
+    phases = _phases(args, server)
+    instrument(registry=registry, breaker=OUTAGE_BREAKER if args.scenario == "outage" else None)
     metrics_server, _thread = start_metrics_server(args.metrics_port, registry=registry)
     metrics_url = f"http://127.0.0.1:{metrics_server.server_port}/metrics"
     timeout = httpx2.Timeout(args.read_timeout, connect=5.0)
@@ -127,14 +173,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                     errors += result.error is not None
                     progress.update(task, advance=1, errors=errors)
 
-            results = run_workload(
-                requests=args.requests,
-                concurrency=args.concurrency,
-                make_sync=lambda: openai.OpenAI(base_url=base_url, api_key=api_key, timeout=timeout),
-                make_async=lambda: openai.AsyncOpenAI(base_url=base_url, api_key=api_key, timeout=timeout),
-                model=args.model,
-                on_done=on_done,
-            )
+            for phase in phases:
+                if server is not None and phase.plan is not None:
+                    server.plan = phase.plan
+                if phase.pause:
+                    time.sleep(phase.pause)  # let the open breaker's wait elapse
+                results += run_workload(
+                    requests=phase.requests,
+                    concurrency=args.concurrency,
+                    make_sync=lambda: openai.OpenAI(base_url=base_url, api_key=api_key, timeout=timeout),
+                    make_async=lambda: openai.AsyncOpenAI(
+                        base_url=base_url, api_key=api_key, timeout=timeout
+                    ),
+                    model=args.model,
+                    on_done=on_done,
+                    first_index=len(results),
+                )
         rows: list[Row] = []
         if server is not None:
             records = server.wait_for_records(server.arrivals)
@@ -144,6 +198,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             scrape = Scrape.fetch(metrics_url)
         rows += consumer_rows(results, scrape)
+        if args.scenario == "outage":
+            rows += breaker_rows(scrape)
         console.print(_table(rows))
         bad = [row for row in rows if not row.ok]
         if bad:

@@ -75,6 +75,7 @@ def run_workload(
     make_async: Callable[[], openai.AsyncOpenAI],
     model: str,
     on_done: Callable[[ConsumerResult], None],
+    first_index: int = 0,
 ) -> list[ConsumerResult]:
     """Run ``requests`` streams: kinds round-robin over ``KINDS``; the sync half in a thread pool of
     ``concurrency`` threads, the async half in an event loop with ``concurrency`` tasks at once,
@@ -87,8 +88,9 @@ def run_workload(
             results.append(result)
         on_done(result)
 
-    sync_jobs = [(i, KINDS[i % 4]) for i in range(requests) if KINDS[i % 4].startswith("sync")]
-    async_jobs = [(i, KINDS[i % 4]) for i in range(requests) if KINDS[i % 4].startswith("async")]
+    indexes = range(first_index, first_index + requests)
+    sync_jobs = [(i, KINDS[i % 4]) for i in indexes if KINDS[i % 4].startswith("sync")]
+    async_jobs = [(i, KINDS[i % 4]) for i in indexes if KINDS[i % 4].startswith("async")]
 
     sync_client = make_sync()
     pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="demo-sync")
