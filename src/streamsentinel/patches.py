@@ -23,7 +23,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from .proxy import ObservedBase
-from .sentinel import CURRENT, Sentinel
+from .sentinel import CURRENT, IN_FALLBACK, Sentinel
 from .sse import ObservedSSEDecoder
 
 # The header the SDK's with_raw_response / with_streaming_response helpers set (issue: raw
@@ -80,7 +80,14 @@ def _sync_entry(sentinel: Sentinel, operation: str, method: str) -> Callable[...
             return wrapped(*args, **kwargs)
         rejected = sentinel.admit(obs, kwargs, instance)
         if rejected is not None:
-            return sentinel.fallback(obs, rejected, getattr(instance, method), kwargs)
+            serve = sentinel.fallback_call(obs, rejected, getattr(instance, method), kwargs)
+            token = IN_FALLBACK.set(True)
+            try:
+                served = serve()
+            finally:
+                IN_FALLBACK.reset(token)
+            sentinel.served_by_fallback(obs)
+            return served
         var_token = CURRENT.set(obs)
         ctx_token = otel_context.attach(trace.set_span_in_context(obs.span))
         try:
@@ -108,8 +115,16 @@ def _async_entry(sentinel: Sentinel, operation: str, method: str) -> Callable[..
             return await wrapped(*args, **kwargs)
         rejected = sentinel.admit(obs, kwargs, instance)
         if rejected is not None:
-            served = sentinel.fallback(obs, rejected, getattr(instance, method), kwargs)
-            return await served if inspect.isawaitable(served) else served
+            serve = sentinel.fallback_call(obs, rejected, getattr(instance, method), kwargs)
+            token = IN_FALLBACK.set(True)
+            try:
+                served = serve()
+                if inspect.isawaitable(served):
+                    served = await served
+            finally:
+                IN_FALLBACK.reset(token)
+            sentinel.served_by_fallback(obs)
+            return served
         var_token = CURRENT.set(obs)
         ctx_token = otel_context.attach(trace.set_span_in_context(obs.span))
         try:

@@ -46,6 +46,11 @@ from .taxonomy import (
 )
 from .watchdog import Watchdog
 
+IN_FALLBACK: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "streamsentinel_in_fallback", default=False
+)
+"""True while a circuit-breaker fallback is serving a rejected call (a rejected fallback then raises)."""
+
 CURRENT: contextvars.ContextVar[StreamObservation | None] = contextvars.ContextVar(
     "streamsentinel_current", default=None
 )
@@ -181,25 +186,35 @@ class Sentinel:
             self.internal_error("breaker")
             return None
 
-    def fallback(
+    def fallback_call(
         self,
         obs: StreamObservation,
         error: CircuitOpenError,
         create: Callable[..., Any],
         request: Mapping[str, Any],
-    ) -> Any:
-        """Serve a rejected call with the configured fallback, or raise ``error``. ``create`` is the
-        (patched) SDK method, so a fallback model's call is observed and guarded on its own."""
+    ) -> Callable[[], Any]:
+        """What serves a rejected call: the configured fallback, as a no-argument callable (its result
+        may be awaitable), or raises ``error``. ``create`` is the (patched) SDK method, so a fallback
+        model's call is observed and guarded by its own breaker. A fallback that is itself rejected
+        while serving one raises instead of falling back again (no recursion)."""
         fallback = self.circuits.fallback
-        if fallback is None or obs.breaker is None:
+        if fallback is None or obs.breaker is None or IN_FALLBACK.get():
             raise error
         if isinstance(fallback, str):
             if request.get("model") in (None, fallback):
                 raise error
-            self.circuits.count_fallback(obs.breaker)
-            return create(**{**request, "model": fallback})
-        self.circuits.count_fallback(obs.breaker)
-        return fallback(request)
+            model = fallback
+            return lambda: create(**{**request, "model": model})
+        custom = fallback
+        return lambda: custom(request)
+
+    def served_by_fallback(self, obs: StreamObservation) -> None:
+        """Count a rejected call the fallback did serve."""
+        try:
+            if obs.breaker is not None:
+                self.circuits.count_fallback(obs.breaker)
+        except Exception:
+            self.internal_error("breaker")
 
     def wrap_stream(self, obs: StreamObservation, result: Any) -> Any:
         """Put the stream ``create()`` returned under observation (anything else passes through)."""
