@@ -90,6 +90,8 @@ def finished(obs: StreamObservation, duration: float, *, capture_content: bool) 
         fields["finish_reasons"] = obs.finish_reason_list
     if obs.sdk_retries:
         fields["sdk_retries"] = obs.sdk_retries
+    if obs.sentinel_retries:
+        fields["sentinel_retries"] = obs.sentinel_retries
     if obs.done_seen is False:
         fields["done_seen"] = False
     for name in ("request_id", "response_id", "input_tokens", "output_tokens"):

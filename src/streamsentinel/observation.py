@@ -73,6 +73,7 @@ class StreamObservation:
         "output_tokens",
         "permit",
         "rate_limit_kinds",
+        "read_at",
         "reader",
         "reason",
         "reasoning_tokens",
@@ -141,6 +142,7 @@ class StreamObservation:
         self.attempt_start = at
         self.headers_at = at
         self.timeout_kind: str | None = None  # set by the watchdog when it closed the stream
+        self.read_at = 0.0  # when the consumer's pending read began (0: not reading); watchdog only
         self.terminal: str | None = None
         self.in_stream_error: tuple[str | None, str] | None = None
         self.finish_reasons: dict[int, str] = {}

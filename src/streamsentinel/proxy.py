@@ -71,9 +71,12 @@ def _observe(
     # are held back: until the first output the consumer has seen nothing, so a retry is safe.
     holding = sentinel.retry_policy.attempts > 1
     held: list[Any] = []
+    timed = sentinel.watchdog.enabled  # mark reads for the timeout watchdog (off: no cost)
     skipper: ReplaySkipper | None = None  # a replayed stream's already-delivered part
     broken: Failure | None = None  # the failure a resume is repairing
     while True:
+        if timed:
+            obs.read_at = perf_counter()
         try:
             item = next_item()
         except StopIteration:
@@ -132,6 +135,8 @@ def _observe(
             sentinel.stream_raised(obs, failure)
             yield from held  # what the consumer would have had before the error
             raise
+        if timed:
+            obs.read_at = 0.0
         if skipper is not None:
             try:
                 kept = skipper.feed(item)
@@ -163,9 +168,12 @@ async def _aobserve(
     seen = _item_seen
     holding = sentinel.retry_policy.attempts > 1  # see _observe, which this mirrors line for line
     held: list[Any] = []
+    timed = sentinel.watchdog.enabled
     skipper: ReplaySkipper | None = None
     broken: Failure | None = None
     while True:
+        if timed:
+            obs.read_at = perf_counter()
         try:
             item = await next_item()
         except StopAsyncIteration:
@@ -226,6 +234,8 @@ async def _aobserve(
             for kept in held:
                 yield kept
             raise
+        if timed:
+            obs.read_at = 0.0
         if skipper is not None:
             try:
                 kept_item = skipper.feed(item)

@@ -104,6 +104,7 @@ def end_span(obs: StreamObservation, end: float, *, capture_content: bool) -> No
         "streamsentinel.chunks": obs.chunks,
         "streamsentinel.max_chunk_gap": obs.max_gap,
         "streamsentinel.retries": obs.sdk_retries,
+        "streamsentinel.sentinel_retries": obs.sentinel_retries,
     }
     done = obs.done_seen
     if done is not None:

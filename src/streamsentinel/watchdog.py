@@ -7,9 +7,10 @@ thread or in an event loop, returns at once, the SDK raises ``APIConnectionError
 failure is classified from the mark. Nothing is added to the per-chunk path: the deadlines are
 computed from fields the proxy already keeps.
 
-Deadlines (``time.perf_counter()`` seconds): first token, ``obs.start`` of the current attempt +
-``first_token_timeout``; stall, the last item (or the response headers, before any item) +
-``stall_timeout``. Before the response headers the SDK's own timeouts apply.
+Deadlines (``time.perf_counter()`` seconds), checked only while the consumer is blocked in a read
+(``obs.read_at``: a slow consumer with data waiting in the socket is not a stalled server):
+first token, the current attempt's start + ``first_token_timeout``; stall, the start of the read
++ ``stall_timeout``. Before the response headers the SDK's own timeouts apply.
 """
 
 from __future__ import annotations
@@ -23,12 +24,13 @@ if TYPE_CHECKING:
     from .observation import StreamObservation
 
 
-def _socket_of(response: Any) -> socket.socket | None:
+def _socket_of(response: Any) -> Any:
+    """The response's socket: a ``socket.socket`` (sync) or asyncio's ``TransportSocket``."""
     stream = getattr(response, "extensions", {}).get("network_stream")
     if stream is None:
         return None
     sock = stream.get_extra_info("socket")
-    return sock if isinstance(sock, socket.socket) else None
+    return sock if callable(getattr(sock, "shutdown", None)) else None
 
 
 class Watchdog:
@@ -82,16 +84,15 @@ class Watchdog:
 
     def expired(self, obs: StreamObservation, now: float) -> str | None:
         """Which deadline of ``obs`` has passed at ``now``, if any."""
-        if obs.ended or obs.timeout_kind is not None:
-            return None
+        read_at = obs.read_at
+        if not read_at or obs.ended or obs.timeout_kind is not None:
+            return None  # not waiting in a read, or already handled
         first = self.first_token_timeout
-        if first is not None and obs.first_at is None and now - obs.start >= first:
+        if first is not None and obs.first_at is None and now - obs.attempt_start >= first:
             return "first_token_timeout"
         stall = self.stall_timeout
-        if stall is not None:
-            last = obs.last_at if obs.chunks else obs.headers_at
-            if now - last >= stall:
-                return "stall"
+        if stall is not None and now - read_at >= stall:
+            return "stall"
         return None
 
     def _trip(self, obs: StreamObservation, kind: str) -> None:
