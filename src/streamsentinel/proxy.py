@@ -32,6 +32,8 @@ if TYPE_CHECKING:
     from .sentinel import Sentinel
 
 _NEVER = float("inf")
+# Marks "the read returned an item" where a Failure | None is expected.
+_DELIVERED: Any = object()
 
 
 def _item_seen(obs: StreamObservation, item: Any, sentinel: Sentinel) -> None:
@@ -63,6 +65,20 @@ def _switch(proxy: weakref.ref[Any], stream: Any) -> None:
         current.__wrapped__ = stream
 
 
+def _plan(
+    obs: StreamObservation, sentinel: Sentinel, failure: Failure | None, holding: bool
+) -> tuple[str, float] | None:
+    """After a failure: ``("retry", delay)`` while nothing was delivered, ``("resume", delay)`` after
+    output started (if ``resume`` is on), or None to let the failure end the stream."""
+    if failure is None:
+        return None
+    if holding:
+        delay = sentinel.retry_delay(obs, failure)
+        return None if delay is None else ("retry", delay)
+    delay = sentinel.resume_delay(obs, failure)
+    return None if delay is None else ("resume", delay)
+
+
 def _observe(
     next_item: Callable[[], Any], obs: StreamObservation, sentinel: Sentinel, proxy: weakref.ref[Any]
 ) -> Iterator[Any]:
@@ -77,64 +93,40 @@ def _observe(
     while True:
         if timed:
             obs.read_at = perf_counter()
+        raised: BaseException | None = None
         try:
             item = next_item()
         except StopIteration:
             if skipper is not None and (short := skipper.unfinished()) is not None:
                 raise sentinel.diverged(obs, broken or Failure("other"), short) from None
             failure = sentinel.eof_failure(obs)
-            if failure is not None:
-                if holding and (delay := sentinel.retry_delay(obs, failure)) is not None:
-                    held.clear()
-                    time.sleep(delay)
-                    stream = sentinel.reissue(obs)
+        except BaseException as exc:
+            raised = exc
+            failure = sentinel.raised_failure(obs, exc)
+        else:
+            failure = _DELIVERED
+        if failure is not _DELIVERED:
+            plan = _plan(obs, sentinel, failure, holding)
+            if plan is not None:
+                time.sleep(plan[1])
+                stream = sentinel.next_stream(obs, plan[0])
+                if stream is not None:
+                    if plan[0] == "retry":
+                        held.clear()
+                    else:
+                        skipper, broken = sentinel.replay_skipper(obs), failure
                     _switch(proxy, stream)
                     next_item = stream.__next__
                     continue
-                if not holding and (delay := sentinel.resume_delay(obs, failure)) is not None:
-                    time.sleep(delay)
-                    try:
-                        stream = sentinel.resume(obs)
-                    except Exception:
-                        sentinel.resume_result(obs, "failed")
-                    else:
-                        skipper, broken = sentinel.replay_skipper(obs), failure
-                        if skipper is None:
-                            sentinel.resume_result(obs, "resumed")
-                        _switch(proxy, stream)
-                        next_item = stream.__next__
-                        continue
+            if raised is not None:
+                sentinel.stream_raised(obs, failure)
+                yield from held  # what the consumer would have had before the error
+                raise raised
             error = sentinel.end_of_stream(obs, failure)
             yield from held
             if error is not None:
                 raise error from None
             return
-        except BaseException as exc:
-            failure = sentinel.raised_failure(obs, exc)
-            if failure is not None:
-                if holding and (delay := sentinel.retry_delay(obs, failure)) is not None:
-                    held.clear()
-                    time.sleep(delay)
-                    stream = sentinel.reissue(obs)
-                    _switch(proxy, stream)
-                    next_item = stream.__next__
-                    continue
-                if not holding and (delay := sentinel.resume_delay(obs, failure)) is not None:
-                    time.sleep(delay)
-                    try:
-                        stream = sentinel.resume(obs)
-                    except Exception:
-                        sentinel.resume_result(obs, "failed")
-                    else:
-                        skipper, broken = sentinel.replay_skipper(obs), failure
-                        if skipper is None:
-                            sentinel.resume_result(obs, "resumed")
-                        _switch(proxy, stream)
-                        next_item = stream.__next__
-                        continue
-            sentinel.stream_raised(obs, failure)
-            yield from held  # what the consumer would have had before the error
-            raise
         if timed:
             obs.read_at = 0.0
         if skipper is not None:
@@ -174,76 +166,52 @@ async def _aobserve(
     while True:
         if timed:
             obs.read_at = perf_counter()
+        raised: BaseException | None = None
         try:
             item = await next_item()
         except StopAsyncIteration:
             if skipper is not None and (short := skipper.unfinished()) is not None:
                 raise sentinel.diverged(obs, broken or Failure("other"), short) from None
             failure = sentinel.eof_failure(obs)
-            if failure is not None:
-                if holding and (delay := sentinel.retry_delay(obs, failure)) is not None:
-                    held.clear()
-                    await asyncio.sleep(delay)
-                    stream = await sentinel.areissue(obs)
+        except BaseException as exc:
+            raised = exc
+            failure = sentinel.raised_failure(obs, exc)
+        else:
+            failure = _DELIVERED
+        if failure is not _DELIVERED:
+            plan = _plan(obs, sentinel, failure, holding)
+            if plan is not None:
+                await asyncio.sleep(plan[1])
+                stream = await sentinel.anext_stream(obs, plan[0])
+                if stream is not None:
+                    if plan[0] == "retry":
+                        held.clear()
+                    else:
+                        skipper, broken = sentinel.replay_skipper(obs), failure
                     _switch(proxy, stream)
                     next_item = stream.__anext__
                     continue
-                if not holding and (delay := sentinel.resume_delay(obs, failure)) is not None:
-                    await asyncio.sleep(delay)
-                    try:
-                        stream = await sentinel.aresume(obs)
-                    except Exception:
-                        sentinel.resume_result(obs, "failed")
-                    else:
-                        skipper, broken = sentinel.replay_skipper(obs), failure
-                        if skipper is None:
-                            sentinel.resume_result(obs, "resumed")
-                        _switch(proxy, stream)
-                        next_item = stream.__anext__
-                        continue
+            if raised is not None:
+                sentinel.stream_raised(obs, failure)
+                for kept_item in held:
+                    yield kept_item
+                raise raised
             error = sentinel.end_of_stream(obs, failure)
-            for kept in held:
-                yield kept
+            for kept_item in held:
+                yield kept_item
             if error is not None:
                 raise error from None
             return
-        except BaseException as exc:
-            failure = sentinel.raised_failure(obs, exc)
-            if failure is not None:
-                if holding and (delay := sentinel.retry_delay(obs, failure)) is not None:
-                    held.clear()
-                    await asyncio.sleep(delay)
-                    stream = await sentinel.areissue(obs)
-                    _switch(proxy, stream)
-                    next_item = stream.__anext__
-                    continue
-                if not holding and (delay := sentinel.resume_delay(obs, failure)) is not None:
-                    await asyncio.sleep(delay)
-                    try:
-                        stream = await sentinel.aresume(obs)
-                    except Exception:
-                        sentinel.resume_result(obs, "failed")
-                    else:
-                        skipper, broken = sentinel.replay_skipper(obs), failure
-                        if skipper is None:
-                            sentinel.resume_result(obs, "resumed")
-                        _switch(proxy, stream)
-                        next_item = stream.__anext__
-                        continue
-            sentinel.stream_raised(obs, failure)
-            for kept in held:
-                yield kept
-            raise
         if timed:
             obs.read_at = 0.0
         if skipper is not None:
             try:
-                kept_item = skipper.feed(item)
+                kept = skipper.feed(item)
             except Diverged as diverged:
                 raise sentinel.diverged(obs, broken or Failure("other"), diverged) from None
-            if kept_item is None:
+            if kept is None:
                 continue
-            item = kept_item
+            item = kept
             if skipper.done:
                 sentinel.resume_result(obs, "resumed")
                 skipper = None
@@ -253,8 +221,8 @@ async def _aobserve(
                 held.append(item)
                 continue
             holding = False
-            for kept in held:
-                yield kept
+            for kept_item in held:
+                yield kept_item
             held.clear()
         yield item
 

@@ -493,28 +493,6 @@ class Sentinel:
             return retrieve, (obs.response_id,), {"stream": True, "starting_after": obs.last_seq}
         return create, args, kwargs
 
-    def resume(self, obs: StreamObservation) -> Any:
-        """Open the stream that continues ``obs`` (sync). Raises what the SDK raised."""
-        call, args, kwargs = self._resume_call(obs)
-        token = CURRENT.set(obs)
-        try:
-            stream = call(*args, **kwargs)
-        finally:
-            CURRENT.reset(token)
-        self._adopt(obs, stream)
-        return stream
-
-    async def aresume(self, obs: StreamObservation) -> Any:
-        """:meth:`resume` for an ``AsyncOpenAI`` client."""
-        call, args, kwargs = self._resume_call(obs)
-        token = CURRENT.set(obs)
-        try:
-            stream = await call(*args, **kwargs)
-        finally:
-            CURRENT.reset(token)
-        self._adopt(obs, stream)
-        return stream
-
     def replay_skipper(self, obs: StreamObservation) -> ReplaySkipper | None:
         """What the replayed stream must repeat before it continues (None: nothing to skip)."""
         if self.settings.resume != "replay":
@@ -551,34 +529,50 @@ class Sentinel:
         obs.new_attempt(perf_counter())
         return obs.call  # type: ignore[return-value]  # retry_delay() checked it
 
-    def reissue(self, obs: StreamObservation) -> Any:
-        """Re-issue ``obs``'s request through the SDK (sync). Returns the new ``openai.Stream``; if the
-        SDK raises, the request ends failed and the exception propagates."""
-        create, args, kwargs = self._start_attempt(obs)
-        token = CURRENT.set(obs)
-        try:
-            stream = create(*args, **kwargs)
-        except BaseException as exc:
-            self.request_raised(obs, exc)
-            raise
-        finally:
-            CURRENT.reset(token)
+    def _open(
+        self, obs: StreamObservation, kind: str
+    ) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
+        return self._start_attempt(obs) if kind == "retry" else self._resume_call(obs)
+
+    def _opened(self, obs: StreamObservation, kind: str, stream: Any) -> Any:
         self._adopt(obs, stream)
+        if kind == "resume" and self.settings.resume != "replay":
+            self.resume_result(obs, "resumed")  # nothing to skip: continued already
         return stream
 
-    async def areissue(self, obs: StreamObservation) -> Any:
-        """:meth:`reissue` for an ``AsyncOpenAI`` client."""
-        create, args, kwargs = self._start_attempt(obs)
+    def _open_failed(self, obs: StreamObservation, kind: str, exc: BaseException) -> None:
+        if kind == "retry" or not isinstance(exc, Exception):
+            self.request_raised(obs, exc)  # the retry's own failure (or a cancellation) ends it
+            raise exc
+        self.resume_result(obs, "failed")  # the original failure ends it (the caller goes on)
+
+    def next_stream(self, obs: StreamObservation, kind: str) -> Any | None:
+        """Open the next stream of ``obs`` through the SDK (sync): ``kind`` ``"retry"`` re-issues
+        the request (its failure propagates and ends the request); ``"resume"`` continues it
+        (None when that fails: the original failure then ends the stream)."""
+        call, args, kwargs = self._open(obs, kind)
         token = CURRENT.set(obs)
         try:
-            stream = await create(*args, **kwargs)
+            stream = call(*args, **kwargs)
         except BaseException as exc:
-            self.request_raised(obs, exc)
-            raise
+            self._open_failed(obs, kind, exc)
+            return None
         finally:
             CURRENT.reset(token)
-        self._adopt(obs, stream)
-        return stream
+        return self._opened(obs, kind, stream)
+
+    async def anext_stream(self, obs: StreamObservation, kind: str) -> Any | None:
+        """:meth:`next_stream` for an ``AsyncOpenAI`` client."""
+        call, args, kwargs = self._open(obs, kind)
+        token = CURRENT.set(obs)
+        try:
+            stream = await call(*args, **kwargs)
+        except BaseException as exc:
+            self._open_failed(obs, kind, exc)
+            return None
+        finally:
+            CURRENT.reset(token)
+        return self._opened(obs, kind, stream)
 
     def abandoned(self, obs: StreamObservation) -> None:
         """The consumer closed or dropped the stream. Complete if the answer was already whole."""
