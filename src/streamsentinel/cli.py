@@ -1,4 +1,4 @@
-"""The ``streamsentinel`` command: ``demo`` (the main job) and ``chaos-server``."""
+"""The ``streamsentinel`` command: ``demo`` (the main job), ``chaos-server`` and ``run``."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ USAGE = """usage: streamsentinel COMMAND [ARGS]
 commands:
   demo           run streaming traffic against the fault server and check the accounting
   chaos-server   serve the fault-injecting OpenAI-compatible server on 127.0.0.1
+  run            run a command with streamsentinel loaded: run [--metrics-port N] -- COMMAND ...
 
 'streamsentinel COMMAND --help' for a command's options."""
 
@@ -28,6 +29,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .chaos.cli import main as chaos_main
 
         return chaos_main(rest)
+    if command == "run":
+        from .launcher import main as run_main
+
+        return run_main(rest)
     print(f"streamsentinel: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
     return 2
 
