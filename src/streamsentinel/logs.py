@@ -14,7 +14,7 @@ from typing import Any
 
 import structlog
 
-from .observation import StreamObservation
+from .observation import CallObservation, StreamObservation
 
 LOGGER_NAME = "streamsentinel"
 _log = structlog.get_logger(LOGGER_NAME)
@@ -33,7 +33,7 @@ def debug_enabled() -> bool:
         return False
 
 
-def _ids(obs: StreamObservation) -> dict[str, Any]:
+def _ids(obs: StreamObservation | CallObservation) -> dict[str, Any]:
     fields: dict[str, Any] = {"operation": obs.operation, "model": obs.model, "server": obs.server}
     ctx = obs.span.get_span_context()
     if ctx.is_valid:
@@ -56,7 +56,9 @@ def chunk(obs: StreamObservation, gap: float | None) -> None:
     _log.debug("stream.chunk", chunk=obs.chunks, gap_seconds=gap, **_ids(obs))
 
 
-def retry(obs: StreamObservation, *, layer: str, reason: str, attempt: int, delay: float | None) -> None:
+def retry(
+    obs: StreamObservation | CallObservation, *, layer: str, reason: str, attempt: int, delay: float | None
+) -> None:
     _log.info("stream.retry", layer=layer, reason=reason, attempt=attempt, delay_seconds=delay, **_ids(obs))
 
 
@@ -70,7 +72,7 @@ def retry_denied(obs: StreamObservation, *, reason: str, why: str) -> None:
     _log.warning("stream.retry_denied", reason=reason, why=why, **_ids(obs))
 
 
-def rate_limited(obs: StreamObservation, *, kind: str, status: int | None) -> None:
+def rate_limited(obs: StreamObservation | CallObservation, *, kind: str, status: int | None) -> None:
     # Quota exhaustion needs a human (billing), not patience: always ERROR.
     log = _log.error if kind == "quota" else _log.warning
     log("stream.rate_limited", kind=kind, status=status, request_id=obs.request_id, **_ids(obs))

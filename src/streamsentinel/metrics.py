@@ -218,20 +218,18 @@ class BoundMetrics:
     """Children of the metrics for one ``(operation, model, server)``, bound once and cached, so
     recording a stream costs no label lookup."""
 
-    __slots__ = ("_by_label", "chunks", "families", "in_flight", "key", "max_gap", "tokens", "ttft")
+    __slots__ = ("_by_label", "families", "key")
 
     def __init__(self, metrics: Metrics, key: tuple[str, str, str]) -> None:
         self.families = metrics
         self.key = key
-        self.chunks = metrics.chunks.labels(*key)
-        self.ttft = metrics.ttft.labels(*key)
-        self.max_gap = metrics.max_gap.labels(*key)
-        self.in_flight = metrics.in_flight.labels(*key)
-        self.tokens = {
-            t: metrics.tokens.labels(*key, t) for t in ("input", "output", "reasoning", "cached_input")
-        }
-        # (family, extra label values) -> child; extra values come from bounded sets.
+        # (family, extra label values) -> child, created on first use: a label set seen only by
+        # non-streaming calls (429s, retries) gets no empty stream series.
         self._by_label: dict[tuple[Any, tuple[str, ...]], Any] = {}
+
+    @property
+    def in_flight(self) -> Any:
+        return self.child(self.families.in_flight)
 
     def child(self, family: Any, *extra: str) -> Any:
         """The child of ``family`` for this label set plus ``extra`` label values (cached)."""
@@ -253,21 +251,20 @@ class BoundMetrics:
         if obs.error_type is not None:
             child(m.errors, obs.error_type).inc()
         if obs.chunks:
-            self.chunks.inc(obs.chunks)
-            self.max_gap.observe(obs.max_gap)
+            child(m.chunks).inc(obs.chunks)
+            child(m.max_gap).observe(obs.max_gap)
         if obs.first_at is not None:
-            self.ttft.observe(obs.first_at - obs.start)
+            child(m.ttft).observe(obs.first_at - obs.start)
         for finish_reason in obs.finish_reasons.values():
             child(m.finish_reasons, finish_reason).inc()
-        tokens = self.tokens
-        if obs.input_tokens:
-            tokens["input"].inc(obs.input_tokens)
-        if obs.output_tokens:
-            tokens["output"].inc(obs.output_tokens)
-        if obs.reasoning_tokens:
-            tokens["reasoning"].inc(obs.reasoning_tokens)
-        if obs.cached_tokens:
-            tokens["cached_input"].inc(obs.cached_tokens)
+        for token_type, count in (
+            ("input", obs.input_tokens),
+            ("output", obs.output_tokens),
+            ("reasoning", obs.reasoning_tokens),
+            ("cached_input", obs.cached_tokens),
+        ):
+            if count:
+                child(m.tokens, token_type).inc(count)
         self.in_flight.dec()
 
     def record_retry(self, layer: str, reason: str) -> None:

@@ -32,6 +32,43 @@ class Anomaly:
     attributes: dict[str, Any]
 
 
+class CallObservation:
+    """A non-streaming call while its ``create()`` runs: only what the HTTP-attempt hooks touch (its
+    429s, the SDK's retries, rate-limit headers share the quota with the streams). No span, no
+    request counted, nothing in flight."""
+
+    __slots__ = (
+        "anomalies",
+        "debug",
+        "labels",
+        "last_attempt_reason",
+        "model",
+        "operation",
+        "rate_limit_kinds",
+        "request_id",
+        "sdk_retries",
+        "server",
+        "span",
+        "start",
+    )
+
+    def __init__(
+        self, operation: str, model: str, server: str, labels: BoundMetrics, span: Span, start: float
+    ) -> None:
+        self.operation = operation
+        self.model = model
+        self.server = server
+        self.labels = labels
+        self.span = span
+        self.start = start
+        self.debug = False
+        self.request_id: str | None = None
+        self.rate_limit_kinds: list[RateLimitKind] = []
+        self.last_attempt_reason = "other"
+        self.sdk_retries = 0
+        self.anomalies: list[Anomaly] = []
+
+
 def _read_nothing(obs: StreamObservation, item: Any, now: float) -> None:
     """Placeholder reader until the proxy sets the operation's one."""
 

@@ -2,7 +2,9 @@
 
 Entry points (sync and async): ``chat.completions.create`` (``chat.completions.stream()`` goes
 through it), legacy ``completions.create``, ``responses.create`` and ``responses.retrieve`` (which
-``responses.stream()`` uses). Only calls with ``stream=True`` are observed; the rest pass through.
+``responses.stream()`` uses). Calls with ``stream=True`` are observed (also through
+``with_raw_response`` / ``with_streaming_response``); other calls run under a light context that
+only lets the attempt hooks count their 429s, SDK retries and rate-limit headers.
 
 Private hooks, verified on openai 3.51-3.52 (``tests/test_sdk_hooks.py`` fails loudly if one moves):
 ``SyncAPIClient/AsyncAPIClient._send_request`` (every HTTP attempt: status, rate-limit headers,
@@ -26,8 +28,8 @@ from .proxy import ObservedBase
 from .sentinel import CURRENT, IN_FALLBACK, Sentinel
 from .sse import ObservedSSEDecoder
 
-# The header the SDK's with_raw_response / with_streaming_response helpers set (issue: raw
-# iteration is not a Stream; such calls pass through untouched for now).
+# The header the SDK's with_raw_response / with_streaming_response helpers set: create() then returns
+# an (Async)APIResponse / LegacyAPIResponse, which ``streamsentinel.raw`` proxies.
 _RAW_RESPONSE_HEADER = "X-Stainless-Raw-Response"
 
 # (module, class, method, operation); async-ness is known from the class.
@@ -63,7 +65,47 @@ def _is_raw(kwargs: Mapping[str, Any]) -> bool:
 
 
 def _observed(kwargs: Mapping[str, Any]) -> bool:
-    return kwargs.get("stream") is True and not _is_raw(kwargs)
+    return kwargs.get("stream") is True
+
+
+def _retry_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """What a retry of the call re-issues: a raw-response call without its raw header, so the retry
+    returns a plain stream for the proxy the consumer already holds."""
+    if not _is_raw(kwargs):
+        return kwargs
+    headers = {k: v for k, v in kwargs["extra_headers"].items() if k.lower() != _RAW_RESPONSE_HEADER.lower()}
+    return {**kwargs, "extra_headers": headers}
+
+
+def _sync_plain(
+    sentinel: Sentinel, operation: str, wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any
+) -> Any:
+    # A non-streaming call: only its 429s, SDK retries and rate-limit headers are counted.
+    try:
+        call = sentinel.begin_call(operation, instance, kwargs)
+    except Exception:
+        sentinel.internal_error("begin")
+        return wrapped(*args, **kwargs)
+    token = CURRENT.set(call)
+    try:
+        return wrapped(*args, **kwargs)
+    finally:
+        CURRENT.reset(token)
+
+
+async def _async_plain(
+    sentinel: Sentinel, operation: str, wrapped: Callable[..., Any], instance: Any, args: Any, kwargs: Any
+) -> Any:
+    try:
+        call = sentinel.begin_call(operation, instance, kwargs)
+    except Exception:
+        sentinel.internal_error("begin")
+        return await wrapped(*args, **kwargs)
+    token = CURRENT.set(call)
+    try:
+        return await wrapped(*args, **kwargs)
+    finally:
+        CURRENT.reset(token)
 
 
 def _sync_entry(sentinel: Sentinel, operation: str, method: str) -> Callable[..., Any]:
@@ -71,10 +113,10 @@ def _sync_entry(sentinel: Sentinel, operation: str, method: str) -> Callable[...
         wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         if not _observed(kwargs):
-            return wrapped(*args, **kwargs)
+            return _sync_plain(sentinel, operation, wrapped, instance, args, kwargs)
         try:
             obs = sentinel.begin(operation, instance, kwargs)
-            obs.call = (wrapped, args, kwargs)  # what a retry re-issues
+            obs.call = (wrapped, args, _retry_kwargs(kwargs))  # what a retry re-issues
         except Exception:
             sentinel.internal_error("begin")
             return wrapped(*args, **kwargs)
@@ -109,7 +151,7 @@ def _async_entry(sentinel: Sentinel, operation: str, method: str) -> Callable[..
     ) -> Any:
         try:
             obs = sentinel.begin(operation, instance, kwargs)
-            obs.call = (wrapped, args, kwargs)  # what a retry re-issues
+            obs.call = (wrapped, args, _retry_kwargs(kwargs))  # what a retry re-issues
         except Exception:
             sentinel.internal_error("begin")
             return await wrapped(*args, **kwargs)
@@ -140,10 +182,10 @@ def _async_entry(sentinel: Sentinel, operation: str, method: str) -> Callable[..
     def wrapper(
         wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        # AsyncCompletions.create is not a coroutine function (a sync decorator wraps it): return
-        # the SDK's own awaitable untouched unless we observe the call.
+        # AsyncCompletions.create is not a coroutine function (a sync decorator wraps it): both
+        # paths return a coroutine, as the SDK's method does.
         if not _observed(kwargs):
-            return wrapped(*args, **kwargs)
+            return _async_plain(sentinel, operation, wrapped, instance, args, kwargs)
         return observed(wrapped, instance, args, kwargs)
 
     return wrapper

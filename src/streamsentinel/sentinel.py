@@ -19,7 +19,9 @@ from typing import Any
 import httpx2
 import openai
 import structlog
-from opentelemetry.trace import TracerProvider
+from openai._legacy_response import LegacyAPIResponse
+from openai._response import APIResponse, AsyncAPIResponse
+from opentelemetry.trace import INVALID_SPAN, TracerProvider
 from prometheus_client import CollectorRegistry
 
 from . import logs, tracing
@@ -29,9 +31,10 @@ from .circuit import BreakerKey, Circuits, Fallback
 from .config import Settings, breaker_config
 from .errors import CircuitOpenError, StreamDivergedError, StreamTruncatedError
 from .metrics import BoundedLabel, metrics_for
-from .observation import Anomaly, StreamObservation
+from .observation import Anomaly, CallObservation, StreamObservation
 from .proxy import ObservedAsyncStream, ObservedStream
 from .ratelimit import classify_429, json_or_none, parse_headers, retry_delay_seconds
+from .raw import ObservedAPIResponse, ObservedAsyncAPIResponse, ObservedLegacyResponse
 from .resume import Diverged, ReplaySkipper
 from .retry import RetryBudget, RetryPolicy
 from .sse import ObservedSSEDecoder
@@ -51,13 +54,17 @@ IN_FALLBACK: contextvars.ContextVar[bool] = contextvars.ContextVar(
 )
 """True while a circuit-breaker fallback is serving a rejected call (a rejected fallback then raises)."""
 
-CURRENT: contextvars.ContextVar[StreamObservation | None] = contextvars.ContextVar(
+CURRENT: contextvars.ContextVar[StreamObservation | CallObservation | None] = contextvars.ContextVar(
     "streamsentinel_current", default=None
 )
 """The observation whose ``create()`` is running in this context (None elsewhere); read by the
-HTTP-attempt hooks to attribute the SDK's retries and 429s to their stream."""
+HTTP-attempt hooks to attribute the SDK's retries and 429s to their stream (or, for a non-streaming
+call, to its light ``CallObservation``)."""
 
 _log = structlog.get_logger(logs.LOGGER_NAME)
+
+# What create() returns under the SDK's with_raw_response / with_streaming_response.
+_RAW_RESPONSES = (LegacyAPIResponse, APIResponse, AsyncAPIResponse)
 
 # Reason label of a retry, from what the failed attempt was.
 _KIND_TO_RETRY_REASON = {
@@ -124,6 +131,15 @@ class Sentinel:
             pass
 
     # -- opening ---------------------------------------------------------------------------------
+
+    def begin_call(self, operation: str, resource: Any, request: Mapping[str, Any]) -> CallObservation:
+        """The light context of a non-streaming call: labels only (no span, no count, not in flight),
+        so the HTTP-attempt hooks can count its 429s, SDK retries and rate-limit headers."""
+        base_url: httpx2.URL = resource._client.base_url
+        model = self._model_label(str(request.get("model") or "unknown"))
+        server = self._server_label(base_url.host or "unknown")
+        labels = self.metrics.bind(operation, model, server)
+        return CallObservation(operation, model, server, labels, INVALID_SPAN, perf_counter())
 
     def begin(self, operation: str, resource: Any, request: Mapping[str, Any]) -> StreamObservation:
         """Open the observation of one streaming call (span started, ``in_flight`` up)."""
@@ -223,6 +239,8 @@ class Sentinel:
                 proxy_cls: type[ObservedStream] | type[ObservedAsyncStream] = ObservedStream
             elif isinstance(result, openai.AsyncStream):
                 proxy_cls = ObservedAsyncStream
+            elif isinstance(result, _RAW_RESPONSES):
+                return self._wrap_raw(obs, result)
             else:
                 self.discard(obs)
                 return result
@@ -232,6 +250,19 @@ class Sentinel:
             self.internal_error("wrap")
             self.discard(obs)
             return result
+
+    def _wrap_raw(self, obs: StreamObservation, result: Any) -> Any:
+        """A ``with_raw_response`` / ``with_streaming_response`` result: its ``parse()`` gives the
+        observed stream; raw reads are recorded once (``streamsentinel.raw``)."""
+        obs.response = result.http_response
+        obs.headers_at = perf_counter()
+        if obs.request_id is None:
+            obs.request_id = result.http_response.headers.get("x-request-id")
+        if isinstance(result, LegacyAPIResponse):
+            return ObservedLegacyResponse(result, obs, self)
+        if isinstance(result, AsyncAPIResponse):
+            return ObservedAsyncAPIResponse(result, obs, self)
+        return ObservedAPIResponse(result, obs, self)
 
     def _adopt(self, obs: StreamObservation, stream: Any) -> None:
         """Take the facts of a new attempt's stream: decoder hook, response, ids; start its deadlines."""
@@ -259,7 +290,7 @@ class Sentinel:
 
     # -- HTTP attempts (the SDK's retry loop) ----------------------------------------------------
 
-    def attempt_response(self, obs: StreamObservation, response: httpx2.Response) -> None:
+    def attempt_response(self, obs: StreamObservation | CallObservation, response: httpx2.Response) -> None:
         """One HTTP response inside ``create()``: rate-limit headers, 429 kind, the retry reason."""
         try:
             headers = response.headers
@@ -280,7 +311,7 @@ class Sentinel:
         except Exception:
             self.internal_error("attempt")
 
-    def attempt_raised(self, obs: StreamObservation, exc: BaseException) -> None:
+    def attempt_raised(self, obs: StreamObservation | CallObservation, exc: BaseException) -> None:
         """An HTTP attempt that raised (timeout or transport error) before any response."""
         try:
             timeout = isinstance(exc, (httpx2.TimeoutException, openai.APITimeoutError))
@@ -288,7 +319,9 @@ class Sentinel:
         except Exception:
             self.internal_error("attempt")
 
-    def sdk_retry(self, obs: StreamObservation, retries_taken: int, response: httpx2.Response | None) -> None:
+    def sdk_retry(
+        self, obs: StreamObservation | CallObservation, retries_taken: int, response: httpx2.Response | None
+    ) -> None:
         """The SDK is about to sleep and retry (``_sleep_for_retry``): count it with its reason."""
         try:
             obs.sdk_retries += 1
