@@ -392,6 +392,32 @@ def _responses_events(gen: Generation) -> list[SseEvent]:
     return [encode_event({**body, "sequence_number": seq}, body["type"]) for seq, body in enumerate(bodies)]
 
 
+def azure_prompt_filter_event() -> SseEvent:
+    """Azure OpenAI's first chunk of a chat stream: no choices, only the prompt's content-filter
+    results (``prompt_filter_results``), empty id, model and object."""
+    severity = {"filtered": False, "severity": "safe"}
+    return encode_event(
+        {
+            "choices": [],
+            "created": 0,
+            "id": "",
+            "model": "",
+            "object": "",
+            "prompt_filter_results": [
+                {
+                    "prompt_index": 0,
+                    "content_filter_results": {
+                        "hate": severity,
+                        "self_harm": severity,
+                        "sexual": severity,
+                        "violence": severity,
+                    },
+                }
+            ],
+        }
+    )
+
+
 def build_events(gen: Generation) -> list[SseEvent]:
     """The complete event stream of a clean answer, `[DONE]` included for chat / completions."""
     if gen.api == "chat":

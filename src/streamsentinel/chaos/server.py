@@ -25,6 +25,7 @@ import itertools
 import json
 import logging
 import math
+import re
 import threading
 import time
 import uuid
@@ -39,6 +40,7 @@ from .payloads import (
     Api,
     Generation,
     SseEvent,
+    azure_prompt_filter_event,
     build_events,
     http_error_body,
     non_stream_body,
@@ -64,6 +66,9 @@ _CREATE_PATHS: Mapping[str, Api] = {
     "/v1/responses": "responses",
 }
 _RETRIEVE_PREFIX = "/v1/responses/"
+# Azure OpenAI: /openai/deployments/{deployment}/chat/completions?api-version=... (the deployment
+# names the model).
+_AZURE_PATH = re.compile(r"^/openai/deployments/([^/]+)/(chat/completions|completions)$")
 _MAX_CHOICES = 8
 
 
@@ -90,6 +95,7 @@ class _Exchange:
     request_id: str | None = None
     response_id: str | None = None
     replay: str | None = None
+    azure_deployment: str | None = None  # set for Azure's /openai/deployments/{name}/... paths
     progress: StreamProgress = field(default_factory=StreamProgress)
 
     def record(self) -> RequestRecord:
@@ -355,6 +361,10 @@ class ChaosServer:
     async def _dispatch(self, conn: HttpConnection, ex: _Exchange) -> None:
         request = ex.request
         path = request.path.rstrip("/")
+        azure = _AZURE_PATH.match(path) if request.method == "POST" else None
+        if azure is not None:
+            ex.azure_deployment = azure.group(1)
+            path = "/v1/" + azure.group(2)
         if request.method == "POST" and path in _CREATE_PATHS:
             ex.api = _CREATE_PATHS[path]
             try:
@@ -364,6 +374,8 @@ class ChaosServer:
             if not isinstance(body, dict):
                 await self._send_error(conn, ex, 400, "We could not parse the JSON body of your request.")
                 return
+            if ex.azure_deployment is not None:
+                body.setdefault("model", ex.azure_deployment)
             ex.model = str(body.get("model", "")) or None
             ex.stream = body.get("stream") is True
             if await self._decide(conn, ex):
@@ -517,6 +529,8 @@ class ChaosServer:
             ex.request_id = recorded.get("x-request-id", ex.request_id)
         else:
             events = build_events(gen)
+            if ex.azure_deployment is not None and api == "chat":
+                events = [azure_prompt_filter_event(), *events]
             headers = self._headers(ex, _SSE, tokens=gen.prompt_tokens + gen.completion_tokens)
         if api == "responses":
             ex.response_id = first_response_id(events)
