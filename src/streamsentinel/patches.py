@@ -8,7 +8,10 @@ only lets the attempt hooks count their 429s, SDK retries and rate-limit headers
 
 Private hooks, verified on openai 3.51-3.52 (``tests/test_sdk_hooks.py`` fails loudly if one moves):
 ``SyncAPIClient/AsyncAPIClient._send_request`` (every HTTP attempt: status, rate-limit headers,
-429 bodies), ``_sleep_for_retry`` (each SDK retry) and ``BaseClient._make_sse_decoder`` (``[DONE]``).
+429 bodies), ``_sleep_for_retry`` (each SDK retry), ``_process_response`` (a catch-all: a stream
+whose ``create()`` bypassed the entry wrappers, e.g. through a ``with_raw_response`` /
+``with_streaming_response`` wrapper built before ``instrument()``, is observed late, without
+breaker or retries) and ``BaseClient._make_sse_decoder`` (``[DONE]``).
 Patches are class attributes replaced by ``wrapt`` wrappers and restored exactly by :func:`remove`.
 """
 
@@ -261,6 +264,69 @@ def _async_sleep(sentinel: Sentinel) -> Callable[..., Any]:
     return wrapper
 
 
+# Path suffixes of the streaming endpoints observed late, most specific first.
+_LATE_OPERATIONS: tuple[tuple[str, str], ...] = (
+    ("/chat/completions", "chat"),
+    ("/completions", "text_completion"),
+    ("/responses", "responses"),
+)
+
+
+def _late_operation(url: str) -> str | None:
+    path = url.split("?", 1)[0].rstrip("/")
+    for suffix, operation in _LATE_OPERATIONS:
+        if path.endswith(suffix):
+            return operation
+    return None
+
+
+def _late(sentinel: Sentinel, client: Any, kwargs: Mapping[str, Any], result: Any) -> Any:
+    """Observe a stream whose ``create()`` ran without our entry wrapper (no observation open): a
+    ``with_raw_response`` / ``with_streaming_response`` wrapper built before ``instrument()`` holds
+    the SDK's original bound method. Any failure here hands back the SDK's own result."""
+    try:
+        options = kwargs["options"]
+        operation = _late_operation(str(options.url))
+        if operation is None:
+            return result
+        body = options.json_data
+        obs = sentinel.begin_late(operation, client, body if isinstance(body, Mapping) else {})
+    except Exception:
+        sentinel.internal_error("late")
+        return result
+    try:
+        sentinel.attempt_response(obs, kwargs["response"])
+        return sentinel.wrap_stream(obs, result)
+    except Exception:
+        sentinel.internal_error("late")
+        sentinel.discard(obs)
+        return result
+
+
+def _sync_process(sentinel: Sentinel) -> Callable[..., Any]:
+    def wrapper(
+        wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        result = wrapped(*args, **kwargs)
+        if kwargs.get("stream") is not True or CURRENT.get() is not None:
+            return result
+        return _late(sentinel, instance, kwargs, result)
+
+    return wrapper
+
+
+def _async_process(sentinel: Sentinel) -> Callable[..., Any]:
+    async def wrapper(
+        wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        result = await wrapped(*args, **kwargs)
+        if kwargs.get("stream") is not True or CURRENT.get() is not None:
+            return result
+        return _late(sentinel, instance, kwargs, result)
+
+    return wrapper
+
+
 def _end_helper_stream(helper: Any) -> None:
     raw = getattr(helper, "_raw_stream", None)
     if isinstance(raw, ObservedBase):
@@ -320,6 +386,8 @@ def install(sentinel: Sentinel) -> None:
         _patch(base, "AsyncAPIClient", "_send_request", _async_send(sentinel))
         _patch(base, "SyncAPIClient", "_sleep_for_retry", _sync_sleep(sentinel))
         _patch(base, "AsyncAPIClient", "_sleep_for_retry", _async_sleep(sentinel))
+        _patch(base, "SyncAPIClient", "_process_response", _sync_process(sentinel))
+        _patch(base, "AsyncAPIClient", "_process_response", _async_process(sentinel))
         for module_name, class_name in HELPER_STREAMS:
             close = _async_helper_close if class_name.startswith("Async") else _helper_close
             _patch(module_name, class_name, "close", close)

@@ -143,7 +143,16 @@ class Sentinel:
 
     def begin(self, operation: str, resource: Any, request: Mapping[str, Any]) -> StreamObservation:
         """Open the observation of one streaming call (span started, ``in_flight`` up)."""
-        base_url: httpx2.URL = resource._client.base_url
+        return self._start(operation, resource._client.base_url, request)
+
+    def begin_late(self, operation: str, client: Any, request: Mapping[str, Any]) -> StreamObservation:
+        """Open the observation of a stream whose ``create()`` bypassed the entry wrappers (a
+        ``with_raw_response`` / ``with_streaming_response`` wrapper the SDK built before
+        ``instrument()``), once its response arrived: no breaker, and ``obs.call`` stays None (no
+        retry or resume)."""
+        return self._start(operation, client.base_url, request)
+
+    def _start(self, operation: str, base_url: httpx2.URL, request: Mapping[str, Any]) -> StreamObservation:
         host = base_url.host or "unknown"
         port = base_url.port or (443 if base_url.scheme == "https" else 80)
         request_model = str(request.get("model") or "unknown")
