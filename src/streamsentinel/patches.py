@@ -56,7 +56,35 @@ HELPER_STREAMS: tuple[tuple[str, str], ...] = (
     ("openai.lib.streaming.responses._responses", "AsyncResponseStream"),
 )
 
-_applied: list[tuple[type, str, Any]] = []
+
+class _Switch:
+    """Turns one applied patch into a pass-through when it cannot be taken out (another
+    instrumentation wrapped the same method on top of ours after we did)."""
+
+    __slots__ = ("on",)
+
+    def __init__(self) -> None:
+        self.on = True
+
+
+# (owner, method, original attribute, our FunctionWrapper, its switch)
+_applied: list[tuple[type, str, Any, Any, _Switch]] = []
+# Our switched-off wrappers left inside another instrumentation's chain: id -> (owner, method,
+# wrapper, what it wraps). Once one is on top again (theirs was removed), it is taken out too.
+_inert: dict[int, tuple[type, str, Any, Any]] = {}
+
+
+def _is_layer(attribute: Any, function_wrapper: Any) -> bool:
+    # Another instrumentation that wrapped ours read it through the class, which gives wrapt's
+    # BoundFunctionWrapper (its `_self_parent` is our FunctionWrapper); unwrapping puts that back.
+    return attribute is function_wrapper or getattr(attribute, "_self_parent", None) is function_wrapper
+
+
+def _strip_inert() -> None:
+    for key, (owner, method, function_wrapper, wrapped) in list(_inert.items()):
+        if _is_layer(owner.__dict__.get(method), function_wrapper):
+            setattr(owner, method, wrapped)
+            del _inert[key]
 
 
 def _is_raw(kwargs: Mapping[str, Any]) -> bool:
@@ -368,9 +396,20 @@ def _check_sse_decoder_factory() -> None:
 
 def _patch(module_name: str, class_name: str, method: str, wrapper: Callable[..., Any]) -> None:
     owner = getattr(importlib.import_module(module_name), class_name)
-    original = owner.__dict__[method]
-    setattr(owner, method, wrapt.FunctionWrapper(original, wrapper))
-    _applied.append((owner, method, original))
+    _strip_inert()
+    original_attribute = owner.__dict__[method]
+    switch = _Switch()
+
+    def guarded(
+        wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        if not switch.on:
+            return wrapped(*args, **kwargs)
+        return wrapper(wrapped, instance, args, kwargs)
+
+    function_wrapper = wrapt.FunctionWrapper(original_attribute, guarded)
+    setattr(owner, method, function_wrapper)
+    _applied.append((owner, method, original_attribute, function_wrapper, switch))
 
 
 def install(sentinel: Sentinel) -> None:
@@ -399,15 +438,29 @@ def install(sentinel: Sentinel) -> None:
 
 
 def remove() -> None:
-    """Restore every patched attribute to the exact object it was."""
+    """Take every patch out: the attribute is restored to the exact object it was, unless another
+    instrumentation wrapped it after us; then our layer stays in its chain as a pass-through, so
+    theirs keeps working."""
     while _applied:
-        owner, method, original = _applied.pop()
-        setattr(owner, method, original)
+        owner, method, original_attribute, function_wrapper, switch = _applied.pop()
+        switch.on = False
+        if owner.__dict__.get(method) is function_wrapper:
+            setattr(owner, method, original_attribute)
+        else:
+            _inert[id(function_wrapper)] = (owner, method, function_wrapper, original_attribute)
+    _strip_inert()
 
 
 def original(owner: type, method: str) -> Any:
-    """The unpatched function behind ``owner.method`` (itself when not patched)."""
+    """The SDK's function behind ``owner.method``, below our patch (and any wrapped over it)."""
     attribute = owner.__dict__[method]
+    ours = [(fw, orig) for (o, m, orig, fw, _sw) in _applied if o is owner and m == method]
+    node = attribute
+    while node is not None:
+        for function_wrapper, original_attribute in ours:
+            if _is_layer(node, function_wrapper):
+                return original_attribute
+        node = getattr(node, "__wrapped__", None)
     return getattr(attribute, "__wrapped__", attribute)
 
 
