@@ -5,6 +5,7 @@ streams late, once, without double-counting the normal patched path."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import openai
 import pytest
@@ -171,3 +172,23 @@ async def test_async_patched_path_is_observed_once(aprebuilt: tuple[openai.Async
     assert len(items) == CHAT_ITEMS
     assert telemetry.value("openai_stream_requests_total") == 1
     assert_clean(telemetry)
+
+
+def test_prebuilt_responses_retrieve_is_observed(chaos: ChaosServer) -> None:
+    streamsentinel.uninstrument()
+    with openai.OpenAI(base_url=chaos.base_url, api_key="test-key", max_retries=0, timeout=TIMEOUT) as c:
+        created = c.responses.create(model="gpt-4o-mini", input="Tell me about streams", stream=True)
+        first: Any = next(iter(created))  # response.created
+        response_id = first.response.id
+        created.close()
+        retrieve = c.responses.with_raw_response.retrieve  # built before instrument()
+        telemetry = reinstrument(retry_attempts=1)
+        try:
+            parsed = retrieve(response_id, stream=True, starting_after=2).parse()
+            assert type(parsed).__name__ == "ObservedStream"
+            items = list(parsed)
+            assert items[0].sequence_number == 3  # continued after the 3rd event
+            assert outcomes(telemetry) == {"completed": 1}
+            assert telemetry.by("openai_stream_requests_total", "operation") == {"responses": 1}
+        finally:
+            streamsentinel.uninstrument()

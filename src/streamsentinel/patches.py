@@ -305,7 +305,9 @@ def _late_operation(url: str) -> str | None:
     for suffix, operation in _LATE_OPERATIONS:
         if path.endswith(suffix):
             return operation
-    return None
+    # responses.retrieve(id, stream=True): .../responses/{id}
+    head, _, last = path.rpartition("/")
+    return "responses" if last and head.endswith("/responses") else None
 
 
 def _late(sentinel: Sentinel, client: Any, kwargs: Mapping[str, Any], result: Any) -> Any:
