@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint rules bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,11 +18,17 @@ demo: $(STAMP)
 	$(BIN)/streamsentinel demo $(ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks examples
-	$(BIN)/ruff format --check src tests benchmarks examples
+	$(BIN)/ruff check src tests benchmarks examples dashboards
+	$(BIN)/ruff format --check src tests benchmarks examples dashboards
 	$(BIN)/mypy
 
-test: lint
+# Prometheus rules: promtool from PATH (.ci/run installs it: Debian's `prometheus` package).
+rules:
+	@command -v promtool >/dev/null 2>&1 || { echo "promtool not found on PATH: install Prometheus (apt-get install prometheus; .ci/run does it)" >&2; exit 1; }
+	promtool check rules dashboards/alerts.yml
+	promtool test rules dashboards/alerts.test.yml
+
+test: lint rules
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)
