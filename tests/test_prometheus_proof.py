@@ -204,7 +204,7 @@ class Demo:
 
 @pytest.fixture
 def processes(tmp_path: Path) -> Iterator[tuple[Prom, dict[str, int], list[Demo]]]:
-    ports = {"faults": _free_port(), "outage": _free_port()}
+    ports = {"faults": _free_port(), "outage": _free_port(), "clean": _free_port()}
     prom_port = _free_port()
     # Test copy of the rules with every `for:` set to 0s. The real `for` durations are proven by
     # promtool's unit tests (dashboards/alerts.test.yml, tests/test_alert_rules.py); here we prove
@@ -341,3 +341,25 @@ def test_dashboard_and_alerts_on_real_prometheus(
         {family(n) for n in emitted if n.startswith("openai_stream_")} - {family(n) for n in used}
     )
     print("emitted but on no panel or rule:", unshown)
+
+
+def test_no_alert_fires_on_a_clean_run(
+    processes: tuple[Prom, dict[str, int], list[Demo]], tmp_path: Path
+) -> None:
+    prom, ports, demos = processes
+    demo = Demo("clean", "clean", ports["clean"], tmp_path / "clean.jsonl")
+    demos.append(demo)
+
+    def gate() -> None:
+        since = time.time()
+        _until("a fresh scrape of clean", lambda: _scraped_since(prom, "clean", since))
+
+    demo.run(gate)
+    since = time.time()
+    _until("the final scrape of clean", functools.partial(_scraped_since, prom, "clean", since))
+    # The rules have been evaluated on the clean data (the recording rule has a value) ...
+    _until("rules evaluated", lambda: prom.query("streamsentinel:requests:rate5m"))
+    completed = prom.query('sum(openai_stream_requests_total{job="clean", outcome="completed"})')
+    assert [float(s["value"][1]) for s in completed] == [120.0]
+    # ... and no alert is pending or firing.
+    assert prom.alert_states() == {}

@@ -52,10 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-file", type=Path, help="structlog JSON lines (default: a temp file)")
     parser.add_argument(
         "--scenario",
-        choices=["faults", "outage"],
+        choices=["faults", "outage", "clean"],
         default="faults",
         help="faults: a seeded mix of every fault; outage: healthy, then every request fails until "
-        "the circuit breaker opens, then recovery until it closes again",
+        "the circuit breaker opens, then recovery until it closes again; clean: no fault at all",
     )
     return parser
 
@@ -94,6 +94,8 @@ class Phase:
 
 
 def _phases(args: argparse.Namespace, server: ChaosServer | None) -> list[Phase]:
+    if args.scenario == "clean" and server is not None:
+        return [Phase("clean", args.requests, FaultPlan())]
     if args.scenario == "faults" or server is None:
         return [Phase("faults", args.requests)]
     quarter = max(args.requests // 4, 1)
