@@ -30,7 +30,8 @@ class Telemetry:
 
     registry: CollectorRegistry
     exporter: InMemorySpanExporter
-    sentinel: streamsentinel.Sentinel
+    provider: TracerProvider
+    runtime: Any  # the active streamsentinel._core.lifecycle.Runtime
 
     def value(self, name: str, **labels: str) -> float:
         """Sum of the samples of ``name`` whose labels include ``labels`` (0.0 when none)."""
@@ -71,8 +72,8 @@ def make_telemetry(**options: Any) -> Telemetry:
     provider = TracerProvider()
     exporter = InMemorySpanExporter()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    sentinel = streamsentinel.instrument(registry=registry, tracer_provider=provider, **options)
-    return Telemetry(registry, exporter, sentinel)
+    streamsentinel.instrument(registry=registry, tracer_provider=provider, **options)
+    return Telemetry(registry, exporter, provider, streamsentinel._runtime())
 
 
 def chat_kwargs(**extra: Any) -> dict[str, Any]:
@@ -93,7 +94,7 @@ def responses_kwargs(**extra: Any) -> dict[str, Any]:
 
 
 def reinstrument(**options: Any) -> Telemetry:
-    """``make_telemetry`` with non-default options: ``instrument()`` is idempotent, so undo first."""
+    """``make_telemetry`` with non-default options (a fresh registry and span exporter)."""
     streamsentinel.uninstrument()
     return make_telemetry(**options)
 
@@ -110,7 +111,28 @@ def uncache_streamsentinel_loggers() -> None:
     ``test_demo.py``) makes each proxy keep its first bound logger for good; ``reset_defaults()`` does
     not undo that, so later ``capture_logs()`` blocks would never see streamsentinel's events.
     """
-    from streamsentinel import config, logs, sentinel
+    from streamsentinel._core import config, emit, lifecycle
+    from streamsentinel._resilience import breaker
+    from streamsentinel._sdk import hooks
 
-    for module in (config, logs, sentinel):
-        vars(module._log).pop("bind", None)
+    proxies = [m._log for m in (config, emit, lifecycle, breaker, hooks)]
+    runtime = streamsentinel._runtime()
+    if runtime is not None:
+        proxies += [s._log for s in runtime.emitter.sinks if hasattr(s, "_log")]
+    for proxy in proxies:
+        vars(proxy).pop("bind", None)
+
+
+def settle() -> None:
+    """Wait until streams dropped without close() (queued by their finalizers) have been ended."""
+    import gc
+
+    from streamsentinel._core.reaper import REAPER
+
+    gc.collect()
+    assert REAPER.drain(timeout=30), "abandoned streams were not ended"
+
+
+def breaker(telemetry: Telemetry, key: str) -> Any:
+    """The in-process breaker for ``key`` (created on first use)."""
+    return telemetry.runtime.circuits.store.get(key)

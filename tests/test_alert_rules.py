@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from streamsentinel.metrics import Metrics
+from streamsentinel.instrumentation._prometheus import Metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "dashboards" / "alerts.yml"

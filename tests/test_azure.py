@@ -12,8 +12,8 @@ import pytest
 
 import streamsentinel
 from streamsentinel import StreamTruncatedError
+from streamsentinel._core.ratelimit import retry_delay_seconds
 from streamsentinel.chaos import ChaosServer
-from streamsentinel.ratelimit import retry_delay_seconds
 
 from .support import Telemetry, reinstrument
 

@@ -17,16 +17,16 @@ import pytest
 import structlog
 import structlog.testing
 
-from streamsentinel.breaker import (
+from streamsentinel._resilience.breaker import CircuitBreaker
+from streamsentinel._resilience.breaker_config import (
     BreakerConfig,
-    BreakerRegistry,
     BreakerSnapshot,
-    CircuitBreaker,
     Permit,
     SlidingWindowType,
     State,
 )
-from streamsentinel.breaker_window import CountWindow, TimeWindow, WindowTotals
+from streamsentinel._resilience.breaker_window import CountWindow, TimeWindow, WindowTotals
+from streamsentinel._resilience.store import BreakerRegistry
 
 CLOSED, OPEN, HALF_OPEN = State.CLOSED, State.OPEN, State.HALF_OPEN
 DISABLED, FORCED_OPEN, METRICS_ONLY = State.DISABLED, State.FORCED_OPEN, State.METRICS_ONLY

@@ -22,7 +22,7 @@ from opentelemetry.trace import StatusCode
 
 import streamsentinel
 from streamsentinel import BreakerConfig, CircuitOpenError, State
-from streamsentinel.breaker import CircuitBreaker
+from streamsentinel._resilience.breaker import CircuitBreaker
 from streamsentinel.chaos import ChaosServer
 
 from .support import MODEL, TIMEOUT, Telemetry, chat_kwargs, reinstrument
@@ -117,7 +117,8 @@ async def acall(
 
 
 def breaker_of(telemetry: Telemetry, key: str = KEY) -> CircuitBreaker:
-    return telemetry.sentinel.circuits.registry.get(key)
+    found: CircuitBreaker = telemetry.runtime.circuits.store.get(key)
+    return found
 
 
 def current(breaker: CircuitBreaker) -> State:
@@ -705,7 +706,7 @@ def test_mode_off_never_rejects_and_exports_no_circuit_series(
     assert chaos.arrivals == 9
     for name in CIRCUIT_FAMILIES:
         assert samples(telemetry, name) == [], name
-    assert telemetry.sentinel.circuits.registry.breakers() == []
+    assert telemetry.runtime.circuits.store.breakers() == []
     assert outcomes(telemetry) == {"failed": 8, "completed": 1}
 
 

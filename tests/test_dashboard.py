@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from streamsentinel.metrics import Metrics
+from streamsentinel.instrumentation._prometheus import Metrics
 
 DASHBOARDS = Path(__file__).resolve().parent.parent / "dashboards"
 SCRIPT = DASHBOARDS / "build_dashboard.py"

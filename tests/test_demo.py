@@ -23,7 +23,7 @@ def test_demo_default_plan_accounts_exactly(capsys: pytest.CaptureFixture[str]) 
     assert "accounting: OK" in out, out
     assert "MISMATCH" not in out
     assert code == 0
-    assert streamsentinel.active() is None  # the demo leaves the SDK as it found it
+    assert not streamsentinel.is_instrumented()  # the demo leaves the SDK as it found it
 
 
 def test_demo_replay_accounts_exactly(capsys: pytest.CaptureFixture[str]) -> None:

@@ -66,14 +66,14 @@ def stream():
         pass
     return s
 StreamSentinelInstrumentor().instrument(tracer_provider=provider)
-first = streamsentinel.active()
+first = streamsentinel._runtime()
 StreamSentinelInstrumentor().instrument()
-print(streamsentinel.active() is first is not None)
+print(streamsentinel._runtime() is first is not None)
 s = stream()
 print(type(s).__name__, isinstance(s, openai.Stream), len(exporter.get_finished_spans()))
 StreamSentinelInstrumentor().uninstrument()
 s = stream()
-print(streamsentinel.active() is None, type(s) is openai.Stream, len(exporter.get_finished_spans()))
+print(not streamsentinel.is_instrumented(), type(s) is openai.Stream, len(exporter.get_finished_spans()))
 """
 
 WHO_LOADED = """
@@ -82,7 +82,7 @@ import streamsentinel
 site = sys.modules["sitecustomize"]
 print(site.__file__)
 print(site.chained.__file__ if site.chained is not None else None)
-print(streamsentinel.active() is not None)
+print(streamsentinel.is_instrumented())
 """
 
 
@@ -149,7 +149,7 @@ def test_opentelemetry_instrument_loads_it(disabled: str) -> None:
     otel = Path(sys.executable).with_name("opentelemetry-instrument")
     env = _env(OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=disabled)
     argv = [str(otel), "--traces_exporter", "none", "--metrics_exporter", "none", "--logs_exporter", "none"]
-    script = "import streamsentinel; print(streamsentinel.active() is not None)"
+    script = "import streamsentinel; print(streamsentinel.is_instrumented())"
     proc = _run([*argv, sys.executable, "-c", script], env)
     assert (proc.returncode, proc.stdout) == (0, f"{not disabled}\n"), proc.stderr
 

@@ -21,7 +21,15 @@ import streamsentinel
 from streamsentinel import StreamTruncatedError
 from streamsentinel.chaos import ChaosServer
 
-from .support import MODEL, Telemetry, chat_kwargs, chat_text, make_telemetry, responses_kwargs
+from .support import (
+    MODEL,
+    OBSERVE_ONLY,
+    Telemetry,
+    chat_kwargs,
+    chat_text,
+    make_telemetry,
+    responses_kwargs,
+)
 
 CHAT_ITEMS = 8  # role chunk, 5 content chunks, finish chunk, usage chunk
 CUT = {"x-chaos-fault": "eof_chunked", "x-chaos-after": "3"}
@@ -455,13 +463,16 @@ def _patched_attributes() -> dict[tuple[type, str], Any]:
     return {(owner, name): owner.__dict__[name] for owner, name in owners}
 
 
-def test_instrument_twice_returns_the_same_sentinel_and_patches_once(
+def test_instrument_again_keeps_or_reconfigures_and_patches_once(
     telemetry: Telemetry, client: openai.OpenAI
 ) -> None:
     patched = _patched_attributes()
-    again = streamsentinel.instrument(chunk_events="all")
-    assert again is telemetry.sentinel
-    assert streamsentinel.active() is telemetry.sentinel
+    same = {"registry": telemetry.registry, "tracer_provider": telemetry.provider, **OBSERVE_ONLY}
+    streamsentinel.instrument(**same)
+    assert streamsentinel._runtime() is telemetry.runtime  # same options: nothing changes
+    streamsentinel.instrument(**same, chunk_events="all")
+    assert streamsentinel._runtime() is not telemetry.runtime  # new options: reconfigured
+    assert streamsentinel.is_instrumented()
     assert _patched_attributes() == patched
     assert all(v1 is v2 for v1, v2 in zip(patched.values(), _patched_attributes().values(), strict=True))
     # One layer of wrapping: the wrapped function is the SDK's own.
@@ -469,8 +480,8 @@ def test_instrument_twice_returns_the_same_sentinel_and_patches_once(
     list(open_chat(client))
     span = assert_one_stream(telemetry, "completed")
     assert telemetry.value("openai_stream_requests_total") == 1
-    # The second call's options were ignored: still the default chunk_events="anomalies".
-    assert [e.name for e in span.events if e.name == "streamsentinel.chunk"] == []
+    # The second call's options are in effect: a span event per chunk.
+    assert len([e.name for e in span.events if e.name == "streamsentinel.chunk"]) == CHAT_ITEMS
 
 
 def test_uninstrument_restores_the_exact_originals(telemetry: Telemetry, client: openai.OpenAI) -> None:
@@ -480,7 +491,7 @@ def test_uninstrument_restores_the_exact_originals(telemetry: Telemetry, client:
     instrumented = _patched_attributes()
     assert all(instrumented[k] is not v for k, v in originals.items())
     streamsentinel.uninstrument()
-    assert streamsentinel.active() is None
+    assert not streamsentinel.is_instrumented()
     restored = _patched_attributes()
     assert all(restored[k] is v for k, v in originals.items())
     streamsentinel.uninstrument()  # idempotent
@@ -684,7 +695,7 @@ def _check_parent(telemetry: Telemetry, app: trace.Span) -> None:
 
 
 def test_app_span_is_the_parent_sync(telemetry: Telemetry, client: openai.OpenAI) -> None:
-    tracer = telemetry.sentinel.tracer
+    tracer = telemetry.provider.get_tracer("app")
     with tracer.start_as_current_span("app.handle") as app:
         stream = open_chat(client)
         assert trace.get_current_span() is app
@@ -694,7 +705,7 @@ def test_app_span_is_the_parent_sync(telemetry: Telemetry, client: openai.OpenAI
 
 
 async def test_app_span_is_the_parent_async(telemetry: Telemetry, aclient: openai.AsyncOpenAI) -> None:
-    tracer = telemetry.sentinel.tracer
+    tracer = telemetry.provider.get_tracer("app")
     with tracer.start_as_current_span("app.handle") as app:
         stream = await aopen_chat(aclient)
         assert trace.get_current_span() is app
@@ -706,7 +717,7 @@ async def test_app_span_is_the_parent_async(telemetry: Telemetry, aclient: opena
 def test_app_span_closed_before_consumption_is_still_the_parent(
     telemetry: Telemetry, client: openai.OpenAI
 ) -> None:
-    tracer = telemetry.sentinel.tracer
+    tracer = telemetry.provider.get_tracer("app")
     with tracer.start_as_current_span("app.handle") as app:
         stream = open_chat(client)
     list(stream)

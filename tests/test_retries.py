@@ -23,7 +23,8 @@ import pytest
 import structlog
 
 import streamsentinel
-from streamsentinel import StreamTruncatedError, proxy
+from streamsentinel import StreamTruncatedError
+from streamsentinel._sdk import proxy
 from streamsentinel.chaos import ChaosServer, Fault, FaultPlan, FaultSpec
 
 from .support import TIMEOUT, Telemetry, chat_kwargs, chat_text, reinstrument, responses_kwargs

@@ -16,8 +16,8 @@ from openai.types.chat import ChatCompletionChunk
 
 import streamsentinel
 from streamsentinel import StreamTruncatedError
+from streamsentinel._sdk.sse import ObservedSSEDecoder
 from streamsentinel.chaos import ChaosServer, Fault, FaultPlan, FaultSpec
-from streamsentinel.sse import ObservedSSEDecoder
 
 from .support import TIMEOUT, Telemetry, chat_kwargs, chat_text, make_telemetry, responses_kwargs
 
@@ -193,7 +193,7 @@ def without_decoder_hook(telemetry: Telemetry) -> Iterator[Telemetry]:
     try:
         yield telemetry
     finally:
-        if BaseClient.__dict__["_make_sse_decoder"] is original and streamsentinel.active() is not None:
+        if BaseClient.__dict__["_make_sse_decoder"] is original and streamsentinel.is_instrumented():
             setattr(BaseClient, "_make_sse_decoder", patched)  # noqa: B010
 
 

@@ -18,9 +18,6 @@ from openai.types.chat import ChatCompletionChunk
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind, StatusCode
 
-import streamsentinel
-import streamsentinel.logs
-import streamsentinel.tracing
 from streamsentinel import StreamTruncatedError
 from streamsentinel.chaos import ChaosServer
 
@@ -121,8 +118,10 @@ def test_chat_span(chaos: ChaosServer, telemetry: Telemetry, client: openai.Open
     assert span.kind is SpanKind.CLIENT
     assert span.status.status_code is StatusCode.UNSET
     a = attrs(span.attributes)
-    ttft = a.pop("gen_ai.response.time_to_first_chunk")
+    first_chunk = a.pop("gen_ai.response.time_to_first_chunk")
     max_gap = a.pop("streamsentinel.max_chunk_gap")
+    details = record.usage.get("completion_tokens_details") or {}
+    cached = (record.usage.get("prompt_tokens_details") or {}).get("cached_tokens")
     assert a == {
         "gen_ai.operation.name": "chat",
         "gen_ai.provider.name": "openai",
@@ -135,6 +134,8 @@ def test_chat_span(chaos: ChaosServer, telemetry: Telemetry, client: openai.Open
         "gen_ai.response.finish_reasons": ("stop",),
         "gen_ai.usage.input_tokens": record.usage["prompt_tokens"],
         "gen_ai.usage.output_tokens": record.usage["completion_tokens"],
+        "gen_ai.usage.cache_read.input_tokens": cached,
+        "gen_ai.usage.reasoning.output_tokens": details.get("reasoning_tokens"),
         "server.address": "127.0.0.1",
         "server.port": chaos.port,
         "streamsentinel.outcome": "completed",
@@ -145,11 +146,14 @@ def test_chat_span(chaos: ChaosServer, telemetry: Telemetry, client: openai.Open
         "streamsentinel.request_id": record.request_id,
     }
     assert span.start_time is not None and span.end_time is not None
-    assert 0 < ttft <= (span.end_time - span.start_time) / 1e9
+    # Semconv: the first chunk of any kind (the role chunk); the first output token comes with or
+    # after it.
+    [first_token] = events_named(span, "streamsentinel.first_token")
+    ttft = first_token["streamsentinel.ttft"]
+    assert 0 < first_chunk <= ttft <= (span.end_time - span.start_time) / 1e9
     assert 0 <= max_gap <= (span.end_time - span.start_time) / 1e9
     # Default chunk_events="anomalies": only the first-token event on a clean, fast stream.
     assert [e.name for e in span.events] == ["streamsentinel.first_token"]
-    assert events_named(span, "streamsentinel.first_token") == [{"streamsentinel.ttft": ttft}]
 
 
 def test_responses_span(chaos: ChaosServer, telemetry: Telemetry, client: openai.OpenAI) -> None:
@@ -180,7 +184,8 @@ def test_truncated_span(telemetry: Telemetry, client: openai.OpenAI) -> None:
     assert a["streamsentinel.truncation_reason"] == "eof_before_done"
     assert a["error.type"] == "truncated"
     assert a["streamsentinel.done_seen"] is False
-    assert "gen_ai.response.finish_reasons" not in a
+    # Semconv: a finish reason expected but never received reports "error" for its position.
+    assert a["gen_ai.response.finish_reasons"] == ("error",)
     assert events_named(span, "streamsentinel.truncated") == [
         {"streamsentinel.reason": "eof_before_done", "streamsentinel.chunks": AFTER}
     ]
@@ -428,39 +433,53 @@ def test_model_label_is_bounded(chaos: ChaosServer, telemetry: Telemetry, client
 # -- a failing sink ------------------------------------------------------------------------------
 
 
-def test_failing_tracing_sink_never_reaches_the_consumer(
-    chaos: ChaosServer, telemetry: Telemetry, client: openai.OpenAI, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    def broken(*args: object, **kwargs: object) -> None:
+class ExplodingSink:
+    """A sink whose every call raises (a broken exporter)."""
+
+    name = "exploding"
+    wants_chunk_gaps = False
+
+    def start(self, stream: object) -> None:
         raise RuntimeError("exporter exploded")
 
-    monkeypatch.setattr(streamsentinel.tracing, "end_span", broken)
+    def event(self, stream: object, event: object, handle: object) -> None:
+        pass
+
+    def end(self, record: object, handle: object) -> None:
+        raise RuntimeError("exporter exploded")
+
+
+def test_failing_sink_never_reaches_the_consumer(chaos: ChaosServer, client: openai.OpenAI) -> None:
+    telemetry = reinstrument(sinks=[ExplodingSink()])
     with structlog.testing.capture_logs() as logs:
         items = list(open_chat(client))
     assert len(items) == CHAT_ITEMS
     assert chat_text(items) == chaos.expected_text(chat_kwargs())
     assert telemetry.by("openai_stream_requests_total", "outcome") == {"completed": 1}
-    assert telemetry.by("openai_stream_instrumentation_errors_total", "stage") == {"tracing": 1}
+    # start and end both failed: counted each time, logged once.
+    assert telemetry.by("openai_stream_instrumentation_errors_total", "stage") == {"exploding": 2}
     assert telemetry.value("openai_stream_in_flight") == 0
     assert only(logs, "stream.finished")["outcome"] == "completed"
     error = only(logs, "instrumentation.error")
-    assert (error["stage"], error["log_level"], error["exc_info"]) == ("tracing", "error", True)
+    assert (error["stage"], error["log_level"], error["error_type"]) == ("exploding", "error", "RuntimeError")
+    assert "exc_info" not in error
+    assert attrs(telemetry.only_span().attributes)["streamsentinel.outcome"] == "completed"
 
     # A second stream: counted again, logged once only.
     with structlog.testing.capture_logs() as logs:
         assert len(list(open_chat(client))) == CHAT_ITEMS
-    assert telemetry.by("openai_stream_instrumentation_errors_total", "stage") == {"tracing": 2}
+    assert telemetry.by("openai_stream_instrumentation_errors_total", "stage") == {"exploding": 4}
     assert telemetry.by("openai_stream_requests_total", "outcome") == {"completed": 2}
     assert [e for e in logs if e["event"] == "instrumentation.error"] == []
 
 
-def test_failing_log_sink_never_reaches_the_consumer(
-    telemetry: Telemetry, client: openai.OpenAI, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    def broken(*args: object, **kwargs: object) -> None:
-        raise RuntimeError("renderer exploded")
+def test_failing_log_sink_never_reaches_the_consumer(telemetry: Telemetry, client: openai.OpenAI) -> None:
+    def broken(logger: Any, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        if event.get("event") == "stream.finished":
+            raise RuntimeError("renderer exploded")
+        return event
 
-    monkeypatch.setattr(streamsentinel.logs, "finished", broken)
+    structlog.configure(processors=[broken, structlog.processors.KeyValueRenderer()])
     cut: list[ChatCompletionChunk] = []
     stream = open_chat(client, extra_headers=CUT)
     with pytest.raises(StreamTruncatedError) as excinfo:
@@ -469,5 +488,6 @@ def test_failing_log_sink_never_reaches_the_consumer(
     assert excinfo.value.reason == "eof_before_done"  # our own exception, unchanged
     assert len(cut) == AFTER
     assert telemetry.by("openai_stream_requests_total", "outcome") == {"truncated": 1}
-    assert telemetry.by("openai_stream_instrumentation_errors_total", "stage") == {"logging": 1}
+    assert telemetry.by("openai_stream_instrumentation_errors_total", "stage") == {"structlog": 1}
+    assert telemetry.value("openai_stream_in_flight") == 0
     assert attrs(telemetry.only_span().attributes)["streamsentinel.outcome"] == "truncated"

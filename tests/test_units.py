@@ -13,9 +13,9 @@ import pytest
 import structlog
 
 from streamsentinel import StreamTruncatedError
-from streamsentinel.config import Settings, env_name, resolve
-from streamsentinel.metrics import OTHER, BoundedLabel
-from streamsentinel.ratelimit import (
+from streamsentinel._core.config import Settings, env_name, resolve
+from streamsentinel._core.lifecycle import OTHER, BoundedLabel
+from streamsentinel._core.ratelimit import (
     RateLimitKind,
     RateLimitSnapshot,
     classify_429,
@@ -24,7 +24,7 @@ from streamsentinel.ratelimit import (
     parse_headers,
     retry_delay_seconds,
 )
-from streamsentinel.taxonomy import (
+from streamsentinel._core.taxonomy import (
     ErrorType,
     Failure,
     TruncationReason,

@@ -1,52 +1,71 @@
 """streamsentinel: observability and resilience for the OpenAI SDK's streaming calls.
 
 ``instrument()`` patches the ``openai`` package once; every ``stream=True`` call is then observed:
-truncations detected and classified, Prometheus metrics, one OpenTelemetry span per stream and
-structlog events. ``uninstrument()`` restores the SDK exactly.
+truncations detected and classified, Prometheus and OpenTelemetry metrics, one OpenTelemetry span
+per stream and structlog events. ``uninstrument()`` restores the SDK exactly.
+
+Public surface: :func:`instrument`, :func:`uninstrument`, :func:`is_instrumented`,
+:func:`start_metrics_server`, the errors, :class:`BreakerConfig` (and its ``State`` and
+``SlidingWindowType``), ``__version__``; ``streamsentinel.instrumentation`` (the ``Sink``
+protocol and the records), ``streamsentinel.testing`` and ``streamsentinel.otel_instrumentor``.
+Every other module is private.
 """
 
 from __future__ import annotations
 
 import threading
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
-from opentelemetry.trace import TracerProvider
-from prometheus_client import CollectorRegistry
-
-from .breaker import BreakerConfig, SlidingWindowType, State
-from .circuit import BreakerKey, Fallback
-from .config import ChunkEvents, OnTruncation, Settings, resolve
+from ._core.config import ChunkEvents, OnTruncation
+from ._resilience.breaker_config import BreakerConfig, SlidingWindowType, State
+from ._resilience.resume import ResumeStrategy
 from .errors import CircuitOpenError, StreamDivergedError, StreamTruncatedError
 from .metrics_server import start_metrics_server
-from .resume import ResumeStrategy
-from .sentinel import Sentinel
 
-__version__ = "0.1.0"
+if TYPE_CHECKING:
+    from opentelemetry.metrics import MeterProvider
+    from opentelemetry.trace import TracerProvider
+    from prometheus_client import CollectorRegistry
+
+    from ._resilience.circuit import BreakerKey, Fallback
+    from ._resilience.store import BreakerStore
 
 __all__ = [
     "BreakerConfig",
     "CircuitOpenError",
-    "Sentinel",
-    "Settings",
     "SlidingWindowType",
     "State",
     "StreamDivergedError",
     "StreamTruncatedError",
     "__version__",
-    "active",
     "instrument",
+    "is_instrumented",
     "start_metrics_server",
     "uninstrument",
 ]
 
 _lock = threading.Lock()
-_active: Sentinel | None = None
+_active: tuple[dict[str, Any], Any] | None = None  # (the options, the Runtime)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "__version__":
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return version("streamsentinel")
+        except PackageNotFoundError:
+            return "0+unknown"
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def instrument(
     *,
     registry: CollectorRegistry | None = None,
     tracer_provider: TracerProvider | None = None,
+    meter_provider: MeterProvider | None = None,
+    sinks: Sequence[Any] = (),
     on_truncation: OnTruncation | None = None,
     capture_content: bool | None = None,
     chunk_events: ChunkEvents | None = None,
@@ -65,17 +84,26 @@ def instrument(
     breaker: BreakerConfig | None = None,
     breaker_key: BreakerKey | None = None,
     breaker_fallback: Fallback | None = None,
-) -> Sentinel:
-    """Patch the ``openai`` package so every streaming call is observed. Idempotent.
+    breaker_store: BreakerStore | None = None,
+) -> None:
+    """Patch the ``openai`` package so every streaming call is observed.
+
+    Calling it again with the same options does nothing; with different options it reconfigures:
+    streams opened from then on use the new options (and sinks), streams already open finish with
+    the ones they started with.
 
     Args:
-        registry: the ``prometheus_client.CollectorRegistry`` to register metrics in (default: the
-            global ``REGISTRY``).
-        tracer_provider: OpenTelemetry ``TracerProvider`` (default: the global one).
+        registry: the ``prometheus_client.CollectorRegistry`` for the Prometheus sink (default:
+            the global ``REGISTRY``).
+        tracer_provider: OpenTelemetry ``TracerProvider`` for spans (default: the global one).
+        meter_provider: OpenTelemetry ``MeterProvider`` for the GenAI semconv client metrics and
+            streamsentinel's own (default: the global one).
+        sinks: more sinks (``streamsentinel.instrumentation.Sink``) besides the built-in ones.
         on_truncation: ``"raise"`` (default) raises :class:`StreamTruncatedError` where the SDK would
             end a truncated stream silently; ``"record"`` only records it.
         capture_content: put completion text on spans/logs (default False: never).
-        chunk_events: ``"anomalies"`` (default), ``"all"`` (a span event per chunk) or ``"none"``.
+        chunk_events: ``"anomalies"`` (default), ``"all"`` (a span event per chunk, up to 128) or
+            ``"none"``.
         gap_anomaly_seconds: an inter-chunk gap at least this long (s) becomes a span event.
         max_model_labels: distinct ``model``/``server`` label values kept before ``_other``.
         retry_attempts: attempts per logical request, the first included (1: streamsentinel never
@@ -86,73 +114,62 @@ def instrument(
             across requests (retries <= max(min, ratio * requests) per window of seconds).
         first_token_timeout: seconds from a request to its first output item (0: off).
         stall_timeout: longest gap between items, seconds (0: off).
-        resume: after output started, ``"replay"`` re-issues a broken stream and skips what was
-            delivered (``StreamDivergedError`` if the new output differs); ``"responses"``
-            continues a ``background=True`` Responses stream from its last sequence number;
-            ``"off"`` (default) lets the failure reach the consumer.
-        breaker: the circuit breaker's ``BreakerConfig`` (mode ``enforce``, ``shadow`` or ``off``;
-            Resilience4j's settings); default: ``STREAMSENTINEL_BREAKER_*`` variables over defaults.
+        resume: after output started, ``"replay"``, ``"responses"`` or ``"off"`` (default).
+        breaker: the circuit breaker's ``BreakerConfig`` (default: ``STREAMSENTINEL_BREAKER_*``
+            variables over Resilience4j's defaults).
         breaker_key: ``(operation, server, model, request kwargs) -> key`` choosing the breaker
             (default ``"{server}/{model}"``).
-        breaker_fallback: when a breaker rejects a call: another model name to call instead, or a
-            callable ``(request kwargs) -> stream``; default: raise ``CircuitOpenError``.
+        breaker_fallback: another model name, or ``(request kwargs) -> stream``, serving rejected
+            calls; default: raise ``CircuitOpenError``.
+        breaker_store: where breaker state lives (default: in this process).
 
-    Each option falls back to its ``STREAMSENTINEL_*`` variable (see :mod:`streamsentinel.config`).
-
-    Returns:
-        The active :class:`Sentinel`. Calling again while active returns the same one unchanged.
+    Each option falls back to its ``STREAMSENTINEL_*`` variable (see ``streamsentinel._core.config``).
 
     Raises:
-        TypeError, ValueError: invalid options. ``KeyError``/``AttributeError`` if the installed
-        ``openai`` lacks a hooked name (nothing is left patched then).
+        TypeError, ValueError: invalid options (nothing changes then). ``ValueError`` also when a
+        metric name is already registered in ``registry`` by someone else (nothing is left
+        registered). ``KeyError``/``AttributeError`` if the installed ``openai`` lacks a hooked name
+        (nothing is left patched).
     """
     global _active
+    options = {k: v for k, v in locals().items() if v is not None and v != ()}
     with _lock:
-        if _active is not None:
-            return _active
-        from . import patches
+        if _active is not None and _same(_active[0], options):
+            return
+        from ._build import build_runtime
+        from ._sdk import hooks
 
-        options: dict[str, Any] = {
-            "on_truncation": on_truncation,
-            "capture_content": capture_content,
-            "chunk_events": chunk_events,
-            "gap_anomaly_seconds": gap_anomaly_seconds,
-            "max_model_labels": max_model_labels,
-            "retry_attempts": retry_attempts,
-            "retry_base_delay": retry_base_delay,
-            "retry_max_delay": retry_max_delay,
-            "retry_time_budget": retry_time_budget,
-            "retry_budget_ratio": retry_budget_ratio,
-            "retry_budget_window": retry_budget_window,
-            "retry_budget_min_retries": retry_budget_min_retries,
-            "first_token_timeout": first_token_timeout,
-            "stall_timeout": stall_timeout,
-            "resume": resume,
-        }
-        sentinel = Sentinel(
-            resolve(options),
-            registry=registry,
-            tracer_provider=tracer_provider,
-            breaker=breaker,
-            breaker_key=breaker_key,
-            breaker_fallback=breaker_fallback,
-        )
-        patches.install(sentinel)
-        _active = sentinel
-        return sentinel
+        runtime = build_runtime(options)
+        hooks.install(runtime)
+        previous, _active = _active, (options, runtime)
+        if previous is not None:
+            previous[1].close()
+
+
+def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return a.keys() == b.keys() and all(a[k] is b[k] or a[k] == b[k] for k in a)
 
 
 def uninstrument() -> None:
     """Restore the ``openai`` package exactly; new streams are plain ``openai.Stream`` objects again.
-    Streams opened before still finish their accounting. Idempotent."""
+    Streams opened before still finish their accounting. Stops streamsentinel's watchdog thread.
+    Idempotent."""
     global _active
     with _lock:
-        from . import patches
+        from ._sdk import hooks, patching
 
-        patches.remove()
+        patching.remove()
+        hooks.set_runtime(None)
+        if _active is not None:
+            _active[1].close()
         _active = None
 
 
-def active() -> Sentinel | None:
-    """The active :class:`Sentinel`, or None when not instrumented."""
-    return _active
+def is_instrumented() -> bool:
+    """Whether :func:`instrument` is in effect."""
+    return _active is not None
+
+
+def _runtime() -> Any:
+    """The active runtime (private: for ``streamsentinel.testing`` and the tests)."""
+    return None if _active is None else _active[1]

@@ -94,3 +94,7 @@ def _common_prefix(a: str, b: str) -> int:
             break
         n += 1
     return n
+
+
+NO_REQUEST = httpx2.Request("POST", "http://unknown")
+"""The request of an error raised where no response's request is known (private)."""

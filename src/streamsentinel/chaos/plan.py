@@ -14,7 +14,6 @@ from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from ..config import parse_bool
 from .faults import Fault, Named
 
 __all__ = [
@@ -110,6 +109,16 @@ class Decision:
 
 class HeaderError(ValueError):
     """An `x-chaos-*` header has a value the plan cannot use (the server answers 400)."""
+
+
+def parse_bool(raw: str) -> bool:
+    """``1/true/yes/on`` -> True, ``0/false/no/off/""`` -> False (any case). Raises ValueError."""
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(raw)
 
 
 def _parse_bool(value: str) -> bool:

@@ -7,8 +7,8 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from .._core.taxonomy import classify_error_code
 from ..chaos import FAULT_TABLE, Fault, Outcome, Phase, RequestRecord
-from ..taxonomy import classify_error_code
 from .scrape import Scrape
 from .workload import ConsumerResult
 

@@ -26,8 +26,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .. import instrument, start_metrics_server, uninstrument
-from ..breaker import BreakerConfig
+from .. import BreakerConfig, instrument, start_metrics_server, uninstrument
 from ..chaos import ChaosServer, Fault, FaultPlan, load_recordings
 from .accounting import Row, breaker_rows, consumer_rows, ground_truth_rows, surfaced_rows
 from .scrape import Scrape

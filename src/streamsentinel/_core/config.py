@@ -35,9 +35,9 @@ from typing import Any, Literal, TypeVar
 
 import structlog
 
-from .breaker import DEFAULT_CONFIG as DEFAULT_BREAKER
-from .breaker import BreakerConfig
-from .resume import ResumeStrategy
+from .._resilience.breaker_config import DEFAULT_CONFIG as DEFAULT_BREAKER
+from .._resilience.breaker_config import BreakerConfig
+from .._resilience.resume import ResumeStrategy
 
 OnTruncation = Literal["raise", "record"]
 ChunkEvents = Literal["anomalies", "all", "none"]

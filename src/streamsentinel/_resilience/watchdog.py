@@ -8,20 +8,22 @@ failure is classified from the mark. Nothing is added to the per-chunk path: the
 computed from fields the proxy already keeps.
 
 Deadlines (``time.perf_counter()`` seconds), checked only while the consumer is blocked in a read
-(``obs.read_at``: a slow consumer with data waiting in the socket is not a stalled server):
+(``state.read_at``: a slow consumer with data waiting in the socket is not a stalled server):
 first token, the current attempt's start + ``first_token_timeout``; stall, the start of the read
 + ``stall_timeout``. Before the response headers the SDK's own timeouts apply.
+
+The thread only reads the controllers' fields and sets one (``state.timeout_kind``, a single
+reference store, before it shuts the socket); ``uninstrument()`` stops it (:meth:`Watchdog.stop`).
+The clock is injectable for tests.
 """
 
 from __future__ import annotations
 
 import socket
 import threading
+from collections.abc import Callable
 from time import perf_counter
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from .observation import StreamObservation
+from typing import Any
 
 
 def _socket_of(response: Any) -> Any:
@@ -36,12 +38,18 @@ def _socket_of(response: Any) -> Any:
 class Watchdog:
     """The deadline thread; start it with :meth:`watch`, stop it with :meth:`stop`."""
 
-    def __init__(self, first_token_timeout: float | None, stall_timeout: float | None) -> None:
+    def __init__(
+        self,
+        first_token_timeout: float | None,
+        stall_timeout: float | None,
+        clock: Callable[[], float] = perf_counter,
+    ) -> None:
+        self.clock = clock
         self.first_token_timeout = first_token_timeout
         self.stall_timeout = stall_timeout
         timeouts = [t for t in (first_token_timeout, stall_timeout) if t is not None]
         self.interval = max(0.01, min(timeouts) / 10) if timeouts else 1.0
-        self._watched: set[StreamObservation] = set()
+        self._watched: set[Any] = set()
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -50,18 +58,18 @@ class Watchdog:
     def enabled(self) -> bool:
         return self.first_token_timeout is not None or self.stall_timeout is not None
 
-    def watch(self, obs: StreamObservation) -> None:
-        """Start enforcing the deadlines of ``obs`` (its response headers have arrived)."""
+    def watch(self, ctl: Any) -> None:
+        """Start enforcing the deadlines of ``ctl`` (its response headers have arrived)."""
         with self._lock:
-            self._watched.add(obs)
+            self._watched.add(ctl)
             if self._thread is None:
                 self._wake.clear()
                 self._thread = threading.Thread(target=self._run, name="streamsentinel-watchdog", daemon=True)
                 self._thread.start()
 
-    def unwatch(self, obs: StreamObservation) -> None:
+    def unwatch(self, ctl: Any) -> None:
         with self._lock:
-            self._watched.discard(obs)
+            self._watched.discard(ctl)
 
     def stop(self) -> None:
         """Stop the thread (it is started again by the next :meth:`watch`)."""
@@ -76,32 +84,33 @@ class Watchdog:
         while not self._wake.wait(self.interval):
             with self._lock:
                 watched = list(self._watched)
-            now = perf_counter()
-            for obs in watched:
-                kind = self.expired(obs, now)
+            now = self.clock()
+            for ctl in watched:
+                kind = self.expired(ctl, now)
                 if kind is not None:
-                    self._trip(obs, kind)
+                    self._trip(ctl, kind)
 
-    def expired(self, obs: StreamObservation, now: float) -> str | None:
-        """Which deadline of ``obs`` has passed at ``now``, if any."""
-        read_at = obs.read_at
-        if not read_at or obs.ended or obs.timeout_kind is not None:
+    def expired(self, ctl: Any, now: float) -> str | None:
+        """Which deadline of ``ctl`` (a ``StreamController``) has passed at ``now``, if any."""
+        s = ctl.s
+        read_at = s.read_at
+        if not read_at or ctl.ended or s.timeout_kind is not None:
             return None  # not waiting in a read, or already handled
         first = self.first_token_timeout
-        if first is not None and obs.first_at is None and now - obs.attempt_start >= first:
+        if first is not None and s.first_at is None and now - ctl.attempt_start >= first:
             return "first_token_timeout"
         stall = self.stall_timeout
         if stall is not None and now - read_at >= stall:
             return "stall"
         return None
 
-    def _trip(self, obs: StreamObservation, kind: str) -> None:
-        sock = _socket_of(obs.response)
+    def _trip(self, ctl: Any, kind: str) -> None:
+        sock = _socket_of(ctl.response)
         if sock is None:  # an in-process transport has no socket: nothing to interrupt
             return
-        obs.timeout_kind = kind
+        ctl.s.timeout_kind = kind
         with self._lock:
-            self._watched.discard(obs)
+            self._watched.discard(ctl)
         try:
             sock.shutdown(socket.SHUT_RDWR)
         except OSError:

@@ -3,15 +3,22 @@
 The SDK swallows ``[DONE]`` and silently drops an event whose blank line never came, so neither is
 visible from the items of a ``Stream``. ``BaseClient._make_sse_decoder`` is patched to return this
 subclass; ``Stream.__init__`` stores it as ``stream._decoder``, where the stream proxy finds it.
+It is the controller's view of the wire (``_core.state.Wire``): completeness is judged from what
+arrived here, not from the items (whose type the consumer may have chosen).
 """
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import AsyncIterator, Iterator
 
 from openai._streaming import ServerSentEvent, SSEDecoder
 
 __all__ = ["ObservedSSEDecoder"]
+
+RESPONSES_TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
+_TYPE = re.compile(r'"type"\s*:\s*"([^"]*)"')
 
 
 class ObservedSSEDecoder(SSEDecoder):
@@ -40,6 +47,30 @@ class ObservedSSEDecoder(SSEDecoder):
         """True once ``data: [DONE]`` was decoded (the SDK stops at it)."""
         last = self.last
         return last is not None and last.data.startswith("[DONE]")
+
+    @property
+    def saw_event(self) -> bool:
+        """At least one event was decoded."""
+        return self.last is not None
+
+    @property
+    def terminal_seen(self) -> bool:
+        """The last event was a Responses terminal event (by its ``event:`` name, else the
+        ``type`` of its data: the first ``"type"`` key, which OpenAI writes first). Read once, at
+        the end of a stream."""
+        last = self.last
+        if last is None:
+            return False
+        if last.event in RESPONSES_TERMINAL:
+            return True
+        match = _TYPE.search(last.data, 0, 256)
+        if match is not None:
+            return match.group(1) in RESPONSES_TERMINAL
+        try:
+            data = json.loads(last.data)
+        except ValueError:
+            return False
+        return isinstance(data, dict) and data.get("type") in RESPONSES_TERMINAL
 
     @property
     def ended_inside_event(self) -> bool:

@@ -20,29 +20,66 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
+
+from .._core.taxonomy import Failure
+from .resume import ResumeStrategy
+
+PlanKind = Literal["retry", "resume"]
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """Open the stream again: ``retry`` (re-issue; nothing was delivered) or ``resume`` (continue
+    after output started) after ``delay`` seconds."""
+
+    kind: PlanKind
+    delay: float
 
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
-    """Settings of streamsentinel's own retries (``layer="sentinel"``).
+    """streamsentinel's own retries (``layer="sentinel"``) and resumes: one object owns the
+    attempts, the backoff, the server's delay and the time budget (urllib3's ``Retry`` is the
+    model); the retry budget across requests is :class:`RetryBudget`.
 
     Attributes:
         attempts: total attempts per logical request, the first included (1 = never retry).
         base_delay: seconds, the first backoff ceiling.
         max_delay: seconds, the largest backoff ceiling.
         time_budget: seconds from the request's start after which no retry begins.
-        budget_ratio: retries allowed as a share of requests over ``budget_window`` (0..1).
-        budget_window: seconds of the retry budget's sliding window.
-        budget_min_retries: retries always allowed per window, whatever the ratio.
+        resume: what to do after output started (``off``, ``replay``, ``responses``).
     """
 
     attempts: int = 3
     base_delay: float = 0.5
     max_delay: float = 8.0
     time_budget: float = 60.0
-    budget_ratio: float = 0.2
-    budget_window: float = 10.0
-    budget_min_retries: int = 3
+    resume: ResumeStrategy = "off"
+
+    def decide(
+        self,
+        failure: Failure,
+        *,
+        attempt: int,
+        elapsed: float,
+        delivered: bool,
+        resumable: bool,
+        rand: Callable[[], float] = random.random,
+    ) -> Plan | None:
+        """Whether to open the stream again after ``failure`` on attempt number ``attempt``
+        (1-based), ``elapsed`` seconds after the request began. ``delivered``: output reached the
+        consumer (only a resume can help then); ``resumable``: the stream can be continued (for
+        ``resume="responses"``, a Responses stream with an id and a sequence number). None: let the
+        failure end the stream (not retryable, attempts or time budget used up, resume off)."""
+        if not failure.retryable or attempt >= self.attempts:
+            return None
+        if delivered and (self.resume == "off" or not resumable):
+            return None
+        delay = self.backoff(attempt - 1, failure.retry_after, rand)
+        if elapsed + delay > self.time_budget:
+            return None
+        return Plan("resume" if delivered else "retry", delay)
 
     def backoff(
         self, retry: int, server_delay: float | None, rand: Callable[[], float] = random.random

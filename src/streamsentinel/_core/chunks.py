@@ -1,8 +1,14 @@
-"""Per-operation chunk readers: what the proxy learns from each item the consumer receives.
+"""Per-API chunk readers: what the controller learns from each item the consumer receives.
 
-Each reader is ``(obs, item, now) -> None`` and runs once per item on the hot path: attribute reads,
-a list append of a reference, no metric call, no log line unless ``obs.debug``. Rare shapes
-(usage chunks, error items, Azure's filter-only chunks) branch off to helpers.
+Each reader is ``(state, item, now) -> None`` and runs once per item on the hot path: attribute
+reads, a list append of a reference, no metric call, no log line. Rare shapes (usage chunks, error
+items, Azure's filter-only chunks) branch off to helpers. The SDK builds items without validation,
+so a reader may meet any shape: it reads what it can and may raise ``AttributeError``,
+``TypeError``... on an odd one, which the controller counts as an odd item (the server's problem,
+never an internal error). Completeness never depends on what a reader saw: it comes from the wire.
+
+``PREAMBLE`` says which items are known to carry no output (the role chunk, ``response.created``):
+only those may be held back while a retry is still possible; any other item releases the hold.
 """
 
 from __future__ import annotations
@@ -10,10 +16,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from . import logs
-from .observation import StreamObservation
+from .state import StreamState
+from .taxonomy import Operation
 
-ChunkReader = Callable[[StreamObservation, Any, float], None]
+ChunkReader = Callable[[StreamState, Any, float], None]
 
 # Responses event types that carry output (first token) besides output_text.delta.
 _RESPONSES_OUTPUT_DELTAS = frozenset(
@@ -34,13 +40,7 @@ RESPONSES_TERMINAL = frozenset({"response.completed", "response.incomplete", "re
 _INCOMPLETE_REASONS = {"max_output_tokens": "length", "content_filter": "content_filter"}
 
 
-def _first_token(obs: StreamObservation, now: float) -> None:
-    obs.first_at = now
-    if obs.debug:
-        logs.first_token(obs)
-
-
-def _chat_usage(obs: StreamObservation, usage: Any) -> None:
+def _chat_usage(obs: StreamState, usage: Any) -> None:
     obs.input_tokens = usage.prompt_tokens
     obs.output_tokens = usage.completion_tokens
     details = usage.completion_tokens_details
@@ -51,7 +51,7 @@ def _chat_usage(obs: StreamObservation, usage: Any) -> None:
         obs.cached_tokens = prompt_details.cached_tokens
 
 
-def _chat_without_choices(obs: StreamObservation, item: Any) -> None:
+def _chat_without_choices(obs: StreamState, item: Any) -> None:
     usage = item.usage
     if usage is not None:
         _chat_usage(obs, usage)
@@ -77,7 +77,7 @@ def _has_output(delta: Any) -> bool:
     return bool(extra and (extra.get("reasoning_content") or extra.get("reasoning")))
 
 
-def read_chat(obs: StreamObservation, item: Any, now: float) -> None:
+def read_chat(obs: StreamState, item: Any, now: float) -> None:
     """A ``ChatCompletionChunk``."""
     choices = item.choices
     if not choices:
@@ -93,16 +93,16 @@ def read_chat(obs: StreamObservation, item: Any, now: float) -> None:
             if choice.index == 0:
                 obs.text.append(content)
             if obs.first_at is None:
-                _first_token(obs, now)
+                obs.first_at = now
         elif delta.tool_calls:
             if choice.index == 0:
                 obs.tool_args.extend(
                     c.function.arguments for c in delta.tool_calls if c.function and c.function.arguments
                 )
             if obs.first_at is None:
-                _first_token(obs, now)
+                obs.first_at = now
         elif obs.first_at is None and _has_output(delta):
-            _first_token(obs, now)
+            obs.first_at = now
         finish_reason = choice.finish_reason
         if finish_reason is not None:
             obs.finish_reasons[choice.index] = finish_reason
@@ -110,7 +110,7 @@ def read_chat(obs: StreamObservation, item: Any, now: float) -> None:
                 _chat_usage(obs, item.usage)
 
 
-def read_completion(obs: StreamObservation, item: Any, now: float) -> None:
+def read_completion(obs: StreamState, item: Any, now: float) -> None:
     """A legacy ``Completion`` chunk (``text_completion``)."""
     choices = item.choices
     if not choices:
@@ -126,12 +126,12 @@ def read_completion(obs: StreamObservation, item: Any, now: float) -> None:
             if choice.index == 0:
                 obs.text.append(text)
             if obs.first_at is None:
-                _first_token(obs, now)
+                obs.first_at = now
         if choice.finish_reason is not None:
             obs.finish_reasons[choice.index] = choice.finish_reason
 
 
-def _responses_terminal(obs: StreamObservation, item: Any) -> None:
+def _responses_terminal(obs: StreamState, item: Any) -> None:
     typ = item.type
     obs.terminal = typ
     response = item.response
@@ -150,25 +150,25 @@ def _responses_terminal(obs: StreamObservation, item: Any) -> None:
     elif typ == "response.incomplete":
         details = response.incomplete_details
         reason = details.reason if details is not None else None
-        obs.finish_reasons[0] = _INCOMPLETE_REASONS.get(reason or "", reason or "incomplete")
+        obs.finish_reasons[0] = _INCOMPLETE_REASONS.get(reason or "", "incomplete")
     else:  # response.failed
         error = response.error
         obs.in_stream_error = (error.code, error.message) if error is not None else (None, "response.failed")
 
 
-def read_responses(obs: StreamObservation, item: Any, now: float) -> None:
+def read_responses(obs: StreamState, item: Any, now: float) -> None:
     """A Responses API ``ResponseStreamEvent``."""
     typ = item.type
     obs.last_seq = item.sequence_number
     if typ == "response.output_text.delta":
         obs.text.append(item.delta)
         if obs.first_at is None:
-            _first_token(obs, now)
+            obs.first_at = now
     elif typ in _RESPONSES_OUTPUT_DELTAS:
         if typ == "response.function_call_arguments.delta":
             obs.tool_args.append(item.delta)
         if obs.first_at is None:
-            _first_token(obs, now)
+            obs.first_at = now
     elif typ in RESPONSES_TERMINAL:
         _responses_terminal(obs, item)
     elif typ == "response.created":
@@ -179,8 +179,63 @@ def read_responses(obs: StreamObservation, item: Any, now: float) -> None:
         obs.in_stream_error = (item.code, item.message or "")
 
 
-READERS: dict[str, ChunkReader] = {
+READERS: dict[Operation, ChunkReader] = {
     "chat": read_chat,
     "text_completion": read_completion,
     "responses": read_responses,
+}
+
+# Responses events known to carry no output (status, and an output item or content part opening
+# empty): they may be held while a retry is possible. Any other event releases the hold.
+_RESPONSES_PREAMBLE = frozenset(
+    {
+        "response.created",
+        "response.in_progress",
+        "response.queued",
+        "response.output_item.added",
+        "response.content_part.added",
+        "error",  # an error event: held, a retry replaces it
+        "response.failed",
+    }
+)
+# Chat delta fields that carry no output when set alone.
+_EMPTY = (None, "")
+
+
+def _chat_preamble(item: Any) -> bool:
+    """The role chunk (``delta`` with only ``role``, empty content), a flat error event, or a
+    choice-less chunk with nothing but Azure's ``prompt_filter_results``. Anything else may carry
+    output."""
+    choices = item.choices
+    if not choices:
+        extra = item.model_extra
+        if extra and (extra.get("type") == "error" or isinstance(extra.get("error"), dict)):
+            return True
+        return item.usage is None and (not extra or set(extra) <= {"prompt_filter_results"})
+    for choice in choices:
+        delta = choice.delta
+        if (
+            choice.finish_reason is not None
+            or delta.content not in _EMPTY
+            or delta.tool_calls
+            or delta.function_call is not None
+            or delta.refusal not in _EMPTY
+            or delta.model_extra
+        ):
+            return False
+    return True
+
+
+def _completion_preamble(item: Any) -> bool:
+    return False  # legacy completions have no role chunk: every item may carry output
+
+
+def _responses_preamble(item: Any) -> bool:
+    return item.type in _RESPONSES_PREAMBLE
+
+
+PREAMBLE: dict[Operation, Callable[[Any], bool]] = {
+    "chat": _chat_preamble,
+    "text_completion": _completion_preamble,
+    "responses": _responses_preamble,
 }

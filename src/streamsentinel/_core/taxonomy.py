@@ -21,6 +21,12 @@ import openai
 
 from .ratelimit import RateLimitKind, classify_429, error_fields, retry_delay_seconds
 
+__all__ = ["RateLimitKind"]
+
+Operation = Literal["chat", "text_completion", "responses"]
+"""The API a stream belongs to (the ``operation`` label): chat completions, legacy completions, or
+the Responses API (``create`` and ``retrieve``)."""
+
 Outcome = Literal["completed", "truncated", "failed", "abandoned", "rejected"]
 """``openai_stream_requests_total{outcome}``: exactly one per logical stream request
 (``rejected``: an open circuit breaker refused it before any HTTP request)."""
@@ -91,6 +97,19 @@ RETRYABLE: frozenset[str] = frozenset(
 )
 # Failures that say nothing about the upstream's health: never counted by the circuit breaker.
 NOT_FOR_BREAKER: frozenset[str] = frozenset({"quota_exhausted", "request_too_large", "client_error"})
+# Failures the circuit breaker records as timeouts (its timeout-streak rule).
+TIMEOUT_ERRORS: frozenset[str] = frozenset({"timeout", "connect_timeout", "first_token_timeout", "stall"})
+
+REJECTED_ERROR_TYPE = "circuit_open"
+"""``error.type`` of a call an open breaker rejected (a span/metric attribute, not an ``ErrorType``:
+no request was made, so nothing failed upstream)."""
+
+# Finish reasons kept as label values; any other value is reported as "other" (bounded labels).
+FINISH_REASONS: frozenset[str] = frozenset(
+    {"stop", "length", "tool_calls", "content_filter", "function_call", "incomplete"}
+)
+
+BreakerResult = Literal["success", "failure", "timeout", "ignored"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +134,16 @@ class Failure:
         """Whether the circuit breaker records it as a failure (else: ignored)."""
         return self.error_type not in NOT_FOR_BREAKER
 
+    @property
+    def is_timeout(self) -> bool:
+        """A timeout of any kind (the breaker's timeout-streak rule)."""
+        return self.error_type in TIMEOUT_ERRORS
+
+    @property
+    def silent(self) -> bool:
+        """The SDK raised nothing for it (``StreamTruncatedError`` surfaces it in raise mode)."""
+        return self.reason in SILENT_REASONS
+
 
 def classify_error_code(code: str | None, message: str = "") -> tuple[ErrorType, RateLimitKind | None]:
     """An in-stream error's ``code`` (OpenAI error codes) -> ``(error_type, rate_limit_kind)``."""
@@ -129,25 +158,47 @@ def classify_error_code(code: str | None, message: str = "") -> tuple[ErrorType,
     return "in_stream_error", None
 
 
+_KIND_ERROR: dict[str, ErrorType] = {"quota": "quota_exhausted", "too_large": "request_too_large"}
+
+
+def rate_limit_error_type(kind: RateLimitKind) -> ErrorType:
+    """The ``ErrorType`` of a 429 of ``kind``."""
+    return _KIND_ERROR.get(kind, "rate_limited")
+
+
+def status_error_type(status: int) -> ErrorType:
+    """The ``ErrorType`` of an HTTP error status other than 429 (one vocabulary for the final
+    failure and for the reason of an SDK retry): >= 500 ``server_error``, 408 ``timeout``, other
+    4xx ``client_error``."""
+    if status >= 500:
+        return "server_error"
+    if status == 408:
+        return "timeout"
+    return "client_error"
+
+
+def transport_error_type(exc: BaseException) -> ErrorType:
+    """An HTTP attempt that raised before any response: ``timeout`` or ``connection_error``."""
+    return (
+        "timeout"
+        if isinstance(exc, (httpx2.TimeoutException, openai.APITimeoutError))
+        else "connection_error"
+    )
+
+
 def _status_failure(exc: openai.APIStatusError) -> Failure:
     status = exc.status_code
     if status == 429:
         kind = classify_429(exc.body, exc.response.headers)
-        error_type: ErrorType = {
-            "quota": "quota_exhausted",
-            "too_large": "request_too_large",
-        }.get(kind, "rate_limited")  # type: ignore[assignment]
-        return Failure(error_type, None, kind)
-    if status >= 500:
-        return Failure("server_error")
-    if status == 408:
-        return Failure("timeout")
-    return Failure("client_error")
+        return Failure(rate_limit_error_type(kind), None, kind)
+    return Failure(status_error_type(status))
 
 
 def is_cancellation(exc: BaseException) -> bool:
-    """True for a consumer or task cancellation, which is never a failure."""
-    return isinstance(exc, (asyncio.CancelledError, GeneratorExit, KeyboardInterrupt))
+    """True for a cancellation or any other ``BaseException`` that is not an ``Exception``
+    (``CancelledError``, ``KeyboardInterrupt``, ``SystemExit``, ``GeneratorExit``): never a stream
+    failure, never retried, and it propagates at once."""
+    return isinstance(exc, asyncio.CancelledError) or not isinstance(exc, Exception)
 
 
 def classify_request_exception(exc: BaseException) -> Failure | None:
@@ -202,3 +253,77 @@ def watchdog_failure(kind: WatchdogKind) -> Failure:
 def silent_end_failure(reason: TruncationReason) -> Failure:
     """A stream the SDK ended without error before its terminal marker."""
     return Failure("truncated", reason)
+
+
+# -- completeness and outcome: the rules every ending uses ----------------------------------------
+
+
+def is_complete(
+    operation: Operation,
+    done_seen: bool | None,
+    terminal_seen: bool,
+    finished: bool,
+    *,
+    closed_early: bool = False,
+) -> bool:
+    """Whether a stream reached its terminal marker, judged from the wire.
+
+    Chat and legacy completions: ``data: [DONE]`` arrived (``done_seen``); when the decoder hook is
+    absent (``done_seen`` None), the choices having reported finish reasons (``finished``) stands
+    in, and so it does when the consumer closed the stream itself (``closed_early``) after the
+    finish chunk: ``[DONE]`` was simply never read. Responses: a terminal event
+    (``response.completed``/``incomplete``/``failed``) arrived.
+    """
+    if operation == "responses":
+        return terminal_seen
+    if done_seen is None or (closed_early and not done_seen):
+        return finished
+    return done_seen
+
+
+def silent_reason(saw_event: bool, is_sse: bool, ended_inside_event: bool) -> TruncationReason:
+    """Why a stream the SDK ended without error was short: no SSE event in a non-SSE body
+    (``non_sse_body``), a body cut inside an event (``partial_event``), else ``eof_before_done``."""
+    if not saw_event and not is_sse:
+        return "non_sse_body"
+    if ended_inside_event:
+        return "partial_event"
+    return "eof_before_done"
+
+
+def end_failure(complete: bool, in_stream: Failure | None, silent: TruncationReason) -> Failure | None:
+    """The failure of a stream whose iterator ended without error (None: it completed). An error
+    event inside the stream is a failure whether or not the terminal marker followed it."""
+    if in_stream is not None:
+        return in_stream
+    return None if complete else silent_end_failure(silent)
+
+
+def outcome_of(failure: Failure | None, payload_delivered: bool) -> Outcome:
+    """``completed`` without a failure; else ``truncated`` once the consumer got a payload item,
+    ``failed`` before."""
+    if failure is None:
+        return "completed"
+    return "truncated" if payload_delivered else "failed"
+
+
+def abandon_outcome(complete: bool, in_stream: Failure | None) -> Outcome:
+    """The consumer closed or dropped the stream: ``completed`` if the answer was already whole
+    (terminal marker seen, no error event), else ``abandoned`` (never a failure)."""
+    return "completed" if complete and in_stream is None else "abandoned"
+
+
+def breaker_result(outcome: Outcome, failure: Failure | None) -> BreakerResult:
+    """What the circuit breaker records for a call that ended: ``success`` (completed),
+    ``failure``/``timeout`` (failed or truncated by a failure that counts, see ``NOT_FOR_BREAKER``),
+    else ``ignored`` (abandoned, cancelled, not the upstream's fault)."""
+    if outcome == "completed":
+        return "success"
+    if failure is not None and outcome in ("failed", "truncated") and failure.counts_for_breaker:
+        return "timeout" if failure.is_timeout else "failure"
+    return "ignored"
+
+
+def finish_reason_value(value: object) -> str:
+    """A finish reason as a bounded label value: a known one, else ``other``."""
+    return value if isinstance(value, str) and value in FINISH_REASONS else "other"

@@ -1,0 +1,113 @@
+"""What the SDK's HTTP attempts tell about a call, streaming or not: each response's rate-limit
+headers and 429 kind, transport errors, and the SDK's own retries (before any stream exists).
+
+:class:`Attempts` is the base of the stream controller and, alone, the light context of a plain
+(``stream=False``) call, so a 429 or an SDK retry is counted whatever the call. Every 429 is counted
+here, once per HTTP response; an in-stream rate-limit error is counted by the controller.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from time import perf_counter
+from typing import Any
+
+from ..instrumentation._data import Event, RateLimitEvent, RateLimitHeaders, RetryEvent
+from .context import CURRENT
+from .ratelimit import RateLimitKind, classify_429, parse_headers, retry_delay_seconds
+from .taxonomy import ErrorType, rate_limit_error_type, status_error_type, transport_error_type
+
+
+class Attempts:
+    """The HTTP attempts of one call. ``rt`` is the runtime (``lifecycle.Runtime``), ``stream`` the
+    call's ``StreamStart``, ``handles`` the sinks' per-stream handles (empty for a plain call)."""
+
+    __slots__ = (
+        "handles",
+        "last_reason",
+        "request_id",
+        "rt",
+        "saw_429",
+        "sdk_retries",
+        "sentinel_retries",
+        "start",
+        "stream",
+        "timeline",
+    )
+
+    def __init__(self, rt: Any, stream: Any, start: float, handles: tuple[Any, ...] = ()) -> None:
+        self.rt = rt
+        self.stream = stream
+        self.start = start
+        self.handles = handles
+        self.request_id: str | None = None
+        self.sdk_retries = 0
+        self.sentinel_retries = 0
+        self.saw_429 = False
+        self.last_reason: ErrorType = "connection_error"  # the latest failed attempt's ErrorType
+        self.timeline: list[Any] | None = None  # a stream's events, kept for its record
+
+    def enter(self) -> tuple[Any, Any]:
+        """Make this call current while the SDK's ``create()`` runs (and the sinks' contexts, e.g.
+        the stream's span, so HTTP spans nest under it); returns what :meth:`exit` restores."""
+        return CURRENT.set(self), self.rt.emitter.activate(self.handles) if self.handles else None
+
+    def exit(self, tokens: tuple[Any, Any]) -> None:
+        current, activated = tokens
+        if activated:
+            self.rt.emitter.deactivate(activated)
+        CURRENT.reset(current)
+
+    def _emit(self, event: Event) -> None:
+        if self.timeline is not None:
+            self.timeline.append(event)
+        self.rt.emitter.event(self.stream, event, self.handles)
+
+    def rate_limited(self, kind: RateLimitKind, status: int | None) -> None:
+        """Count one rate-limit event (a 429 response, or an in-stream rate-limit error)."""
+        if status == 429:
+            self.saw_429 = True
+        self._emit(RateLimitEvent(perf_counter() - self.start, kind, status, self.request_id))
+
+    def on_response(self, status: int, headers: Mapping[str, str], body: object) -> None:
+        """One HTTP response inside ``create()`` (``body``: the parsed JSON of a 429, else None)."""
+        try:
+            self.request_id = headers.get("x-request-id")
+            snapshots = parse_headers(headers)
+            if snapshots:
+                at = perf_counter() - self.start
+                self.rt.emitter.event(
+                    self.stream,
+                    RateLimitHeaders(
+                        at, tuple((s.resource, s.remaining, s.limit, s.reset_seconds) for s in snapshots)
+                    ),
+                    self.handles,
+                )
+            if status == 429:
+                kind = classify_429(body, headers)
+                self.last_reason = rate_limit_error_type(kind)
+                self.rate_limited(kind, 429)
+            elif status >= 400:
+                self.last_reason = status_error_type(status)
+        except Exception as exc:
+            self.rt.errors("attempt", exc)
+
+    def on_transport_error(self, exc: BaseException) -> None:
+        """An HTTP attempt raised before any response (timeout or transport error)."""
+        try:
+            self.last_reason = transport_error_type(exc)
+        except Exception as error:
+            self.rt.errors("attempt", error)
+
+    def on_sdk_retry(self, retries_taken: int, headers: Mapping[str, str] | None) -> None:
+        """The SDK is about to sleep and retry (``headers``: the failed response's, None when the
+        attempt raised)."""
+        try:
+            self.sdk_retries += 1
+            reason = self.last_reason
+            if headers is None and reason not in ("timeout", "connection_error"):
+                reason = "connection_error"  # the attempt hook did not run
+            delay = retry_delay_seconds(headers) if headers is not None else None
+            self._emit(RetryEvent(perf_counter() - self.start, "sdk", reason, retries_taken + 1, delay))
+        except Exception as exc:
+            self.rt.errors("retry", exc)

@@ -1,0 +1,266 @@
+"""The runtime of one ``instrument()``: settings, sinks, policies, and where a call begins.
+
+``Runtime.begin`` opens a ``StreamController`` for a streaming call (labels bounded, sinks
+started, the request counted by the retry budget); ``begin_call`` opens the light ``Attempts``
+context of a plain call. Everything after that is the controller's. The SDK layer
+(``streamsentinel._sdk``) calls these; the core never imports it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from time import perf_counter
+from typing import Any
+
+import httpx2
+import structlog
+
+from .._resilience.breaker_config import BreakerConfig
+from .._resilience.circuit import BreakerKey, Circuits, Fallback
+from .._resilience.retry import RetryBudget, RetryPolicy
+from .._resilience.store import BreakerStore
+from .._resilience.watchdog import Watchdog
+from ..errors import CircuitOpenError
+from ..instrumentation._data import Event, StreamStart
+from .attempts import Attempts
+from .chunks import PREAMBLE, READERS
+from .config import Settings
+from .context import IN_FALLBACK
+from .controller import StreamController
+from .emit import LOGGER_NAME, Emitter, InternalErrors
+from .reaper import REAPER
+from .taxonomy import Operation
+
+OTHER = "_other"
+_PARAMS = ("max_tokens", "max_completion_tokens", "max_output_tokens", "temperature", "top_p")
+_log = structlog.get_logger(LOGGER_NAME)
+
+
+class BoundedLabel:
+    """Admits the first ``limit`` distinct values of a label; later ones become ``_other``."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._seen: set[str] = set()
+        self._lock = threading.Lock()
+
+    def __call__(self, value: str) -> str:
+        if value in self._seen:
+            return value
+        with self._lock:
+            if value in self._seen:
+                return value
+            if len(self._seen) >= self._limit:
+                return OTHER
+            self._seen.add(value)
+            return value
+
+
+def debug_enabled() -> bool:
+    """Whether streamsentinel's DEBUG events would be emitted: asked once per stream, never per
+    chunk, never cached across streams (a reconfiguration takes effect at once)."""
+    if not structlog.is_configured():
+        return False
+    try:
+        logger = _log.bind()
+        is_enabled_for = getattr(logger, "is_enabled_for", None) or getattr(logger, "isEnabledFor", None)
+        return bool(is_enabled_for(logging.DEBUG)) if is_enabled_for is not None else True
+    except Exception:
+        return False
+
+
+def _params(request: Mapping[str, Any]) -> tuple[tuple[str, float], ...]:
+    out = []
+    for key in _PARAMS:
+        value = request.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            out.append((key, value))
+    return tuple(out)
+
+
+class Runtime:
+    """What one ``instrument()`` set up. Replaced as a whole by a reconfiguring ``instrument()``."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        sinks: Sequence[Any],
+        *,
+        breaker: BreakerConfig,
+        breaker_key: BreakerKey | None = None,
+        breaker_fallback: Fallback | None = None,
+        breaker_store: BreakerStore | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.errors = InternalErrors()
+        self.emitter = Emitter(sinks, self.errors)
+        self.readers = READERS
+        self.preambles = PREAMBLE
+        self.gap_alert = settings.gap_anomaly_seconds
+        self.chunk_extras = settings.chunk_events == "all"
+        self.policy = RetryPolicy(
+            attempts=settings.retry_attempts,
+            base_delay=settings.retry_base_delay,
+            max_delay=settings.retry_max_delay,
+            time_budget=settings.retry_time_budget,
+            resume=settings.resume,
+        )
+        self.budget = RetryBudget(
+            settings.retry_budget_ratio,
+            settings.retry_budget_window,
+            settings.retry_budget_min_retries,
+            clock=clock,
+        )
+        self.watchdog = Watchdog(settings.first_token_timeout or None, settings.stall_timeout or None)
+        self.circuits = Circuits(
+            breaker, self._breaker_event, key=breaker_key, fallback=breaker_fallback, store=breaker_store
+        )
+        self._model_label = BoundedLabel(settings.max_model_labels)
+        self._server_label = BoundedLabel(settings.max_model_labels)
+
+    def debug(self) -> bool:
+        return debug_enabled()
+
+    def _breaker_event(self, event: Event) -> None:
+        self.emitter.event(None, event)
+
+    # -- where calls begin --------------------------------------------------------------------------
+
+    def stream_start(
+        self,
+        operation: Operation,
+        base_url: httpx2.URL,
+        request: Mapping[str, Any],
+        provider: str,
+        *,
+        streaming: bool = True,
+    ) -> StreamStart:
+        host = base_url.host or "unknown"
+        request_model = str(request.get("model") or "unknown")
+        return StreamStart(
+            operation=operation,
+            provider=provider,
+            request_model=request_model,
+            model=self._model_label(request_model),
+            server=self._server_label(host),
+            server_address=host,
+            server_port=base_url.port or (443 if base_url.scheme == "https" else 80),
+            start_ns=time.time_ns(),
+            streaming=streaming,
+            params=_params(request) if streaming else (),
+        )
+
+    def begin_call(
+        self, operation: Operation, base_url: httpx2.URL, request: Mapping[str, Any], provider: str
+    ) -> Attempts:
+        """A plain call: its attempts are counted, nothing else (no span, no record)."""
+        stream = self.stream_start(operation, base_url, request, provider, streaming=False)
+        return Attempts(self, stream, perf_counter())
+
+    def begin(
+        self,
+        operation: Operation,
+        base_url: httpx2.URL,
+        request: Mapping[str, Any],
+        provider: str,
+        *,
+        reissue: Callable[[], Any] | None,
+        retrieve: Callable[[str, int], Any] | None = None,
+    ) -> StreamController:
+        """A streaming call: sinks started, the request counted by the retry budget."""
+        stream = self.stream_start(operation, base_url, request, provider)
+        start = perf_counter()
+        handles = self.emitter.start(stream)
+        self.budget.record_request()
+        REAPER.start()
+        return StreamController(self, stream, start, handles, reissue=reissue, retrieve=retrieve)
+
+    # -- the circuit breaker ----------------------------------------------------------------------
+
+    def _key(self, ctl: StreamController, request: Mapping[str, Any]) -> str:
+        stream = ctl.stream
+        return self.circuits.key(stream.operation, stream.server, stream.model, request)
+
+    def _admitted(self, ctl: StreamController, name: str, permit: Any) -> CircuitOpenError | None:
+        ctl.breaker_name = name
+        self.circuits.first_use(name)
+        if permit is not None:
+            ctl.permit = (name, permit)
+            return None
+        error = CircuitOpenError(
+            breaker=name,
+            retry_after=self.circuits.store.retry_after(name),
+            request=httpx2.Request("POST", f"http://{ctl.stream.server_address}"),
+        )
+        ctl._finish("rejected", None)
+        return error
+
+    def admit(self, ctl: StreamController, request: Mapping[str, Any]) -> CircuitOpenError | None:
+        """Ask the call's breaker for a permit; the ``CircuitOpenError`` to raise when refused."""
+        if not self.circuits.enabled:
+            return None
+        try:
+            name, permit = self.circuits.store.acquire(self._key(ctl, request))
+            return self._admitted(ctl, name, permit)
+        except Exception as exc:
+            self.errors("breaker", exc)
+            return None
+
+    async def admit_async(self, ctl: StreamController, request: Mapping[str, Any]) -> CircuitOpenError | None:
+        """:meth:`admit` on an event loop (the store may do I/O)."""
+        if not self.circuits.enabled:
+            return None
+        try:
+            name, permit = await self.circuits.store.acquire_async(self._key(ctl, request))
+            return self._admitted(ctl, name, permit)
+        except Exception as exc:
+            self.errors("breaker", exc)
+            return None
+
+    def fallback(
+        self,
+        ctl: StreamController,
+        error: CircuitOpenError,
+        create: Callable[..., Any],
+        request: Mapping[str, Any],
+    ) -> Callable[[], Any]:
+        """What serves a rejected call: the configured fallback as a no-argument callable (its result
+        may be awaitable), or raises ``error``. A fallback rejected while serving one raises."""
+        fallback = self.circuits.fallback
+        if fallback is None or ctl.breaker_name is None or IN_FALLBACK.get():
+            raise error
+        if isinstance(fallback, str):
+            if request.get("model") in (None, fallback):
+                raise error
+            model = fallback
+            return lambda: create(**{**request, "model": model})
+        custom = fallback
+        return lambda: custom(request)
+
+    def served_by_fallback(self, ctl: StreamController) -> None:
+        if ctl.breaker_name is not None:
+            self.circuits.served_by_fallback(ctl.breaker_name)
+
+    # -- logs of decisions (not sink records: they explain what streamsentinel did) ---------------
+
+    def log_retry_denied(self, stream: StreamStart, reason: str) -> None:
+        try:
+            _log.warning(
+                "stream.retry_denied",
+                reason=reason,
+                why="retry_budget",
+                operation=stream.operation,
+                model=stream.model,
+                server=stream.server,
+            )
+        except Exception as exc:
+            self.errors("logging", exc)
+
+    def close(self) -> None:
+        """Stop the watchdog thread and tell the sinks (``uninstrument()``)."""
+        self.watchdog.stop()
+        self.emitter.close()

@@ -1,0 +1,72 @@
+"""Ends streams that were garbage-collected without ``close()``, off the finalizer.
+
+A finalizer (``__del__``) may run at any allocation, in any thread, while that thread holds any
+lock: a breaker's, a metric child's, a logging handler's. So a finalizer never ends a stream itself:
+it puts the controller on a ``queue.SimpleQueue`` (whose ``put`` is safe to call from a finalizer)
+and this module's thread ends it. :meth:`Reaper.drain` waits until everything queued so far has
+been ended (tests use it). One reaper serves the process (``REAPER``), so instrumenting again
+starts no new thread, and a stream that outlives ``uninstrument()`` is still ended.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import queue
+import threading
+from typing import Any
+
+
+class Reaper:
+    """One daemon thread ending abandoned streams (started on first use)."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._queued = itertools.count(1)  # next() is atomic: safe in a finalizer
+        self._last_queued = 0
+        self._done = 0
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._thread_lock = threading.Lock()
+
+    def start(self) -> None:
+        with self._thread_lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="streamsentinel-reaper", daemon=True)
+                self._thread.start()
+
+    def put(self, ctl: Any) -> None:
+        """From a finalizer: queue ``ctl`` to be ended as abandoned (never blocks, never raises)."""
+        try:
+            self._last_queued = next(self._queued)
+            self._queue.put(ctl)
+        except Exception:
+            pass
+
+    def _run(self) -> None:
+        while True:
+            ctl = self._queue.get()
+            try:
+                ctl.on_close()
+            except Exception:
+                pass
+            finally:
+                with self._cond:
+                    self._done += 1
+                    self._cond.notify_all()
+
+    def drain(self, timeout: float = 10.0) -> bool:
+        """Wait until every stream queued before this call has been ended. False on timeout."""
+        target = self._last_queued
+        with self._cond:
+            return self._cond.wait_for(lambda: self._done >= target, timeout)
+
+
+REAPER = Reaper()
+
+
+def _after_fork() -> None:
+    REAPER._thread = None  # threads do not survive fork(); the child starts its own on first use
+
+
+os.register_at_fork(after_in_child=_after_fork)

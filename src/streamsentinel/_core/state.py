@@ -1,0 +1,107 @@
+"""The mutable per-stream state the controller and the chunk readers fill: plain slots, no sink
+handle, no SDK object. Only the controller writes it (and the readers it calls), plus one field the
+watchdog thread sets (``timeout_kind``, a single reference store).
+
+Times are ``time.perf_counter()`` seconds. Token counts are None until the server reports usage.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+_NEVER = float("inf")
+
+
+class Wire(Protocol):
+    """What the SSE decoder hook saw on the wire (``streamsentinel._sdk.sse.ObservedSSEDecoder``)."""
+
+    @property
+    def done(self) -> bool:
+        """``data: [DONE]`` arrived."""
+
+    @property
+    def saw_event(self) -> bool:
+        """At least one SSE event was decoded."""
+
+    @property
+    def ended_inside_event(self) -> bool:
+        """The body ended inside an event (the SDK dropped it)."""
+
+    @property
+    def terminal_seen(self) -> bool:
+        """The last event was a Responses terminal event."""
+
+
+class StreamState:
+    """What one logical stream has delivered so far (reset for each retry: nothing of a retried
+    attempt reached the consumer)."""
+
+    __slots__ = (
+        "cached_tokens",
+        "chunks",
+        "error_items",
+        "events",
+        "finish_reasons",
+        "first_at",
+        "first_item_at",
+        "gaps",
+        "in_stream_error",
+        "input_tokens",
+        "last_at",
+        "last_seq",
+        "max_gap",
+        "odd_items",
+        "output_tokens",
+        "read_at",
+        "reasoning_tokens",
+        "response_id",
+        "response_model",
+        "terminal",
+        "text",
+        "timeout_kind",
+        "tool_args",
+        "wire",
+    )
+
+    def __init__(self, *, keep_gaps: bool) -> None:
+        self.events: list[Any] = []  # the stream's timeline (frozen events), kept across attempts
+        self.new_attempt(keep_gaps=keep_gaps)
+
+    def new_connection(self) -> None:
+        """A new HTTP stream for the same request (a resume): forget the connection's facts."""
+        self.wire: Wire | None = None
+        self.timeout_kind: str | None = None  # set by the watchdog when it closed the stream
+        self.read_at = 0.0  # when the consumer's pending read began (0: not reading)
+        self.terminal: str | None = None
+        self.in_stream_error: tuple[str | None, str] | None = None
+        self.finish_reasons: dict[int, str] = {}
+
+    def new_attempt(self, *, keep_gaps: bool) -> None:
+        """A retry: nothing the previous attempt read reached the consumer."""
+        self.new_connection()
+        self.chunks = 0
+        self.error_items = 0  # error events the SDK yielded as items (not payload)
+        self.odd_items = 0  # items of a shape the readers could not read (never our error)
+        self.first_item_at: float | None = None
+        self.first_at: float | None = None  # the first item that carried output
+        self.last_at = _NEVER  # the first item's gap is -inf: it has none
+        self.max_gap = 0.0
+        self.gaps: list[float] | None = [] if keep_gaps else None
+        self.text: list[Any] = []  # choice 0's text pieces, as delivered (joined at the end)
+        self.tool_args: list[Any] = []  # choice 0's tool-call argument pieces
+        self.last_seq: int | None = None  # Responses: sequence_number of the last event
+        self.response_id: str | None = None
+        self.response_model: str | None = None
+        self.input_tokens: int | None = None
+        self.output_tokens: int | None = None
+        self.reasoning_tokens: int | None = None
+        self.cached_tokens: int | None = None
+
+    @property
+    def payload_chunks(self) -> int:
+        """Items delivered that carried the response (error items excluded)."""
+        return self.chunks - self.error_items
+
+    def joined(self, pieces: list[Any]) -> str:
+        """Pieces joined as text; a non-string piece (the SDK does not validate) is converted."""
+        return "".join(p if isinstance(p, str) else str(p) for p in pieces)

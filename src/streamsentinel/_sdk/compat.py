@@ -1,0 +1,133 @@
+"""Every private name of the ``openai`` package streamsentinel uses, in one place.
+
+Verified against openai 3.51 to 3.57 (``SUPPORTED``; ``tests/test_sdk_hooks.py`` checks each
+name and signature and fails loudly if one moves). An SDK upgrade is checked here and in
+``pyproject.toml``'s ``openai`` range, nowhere else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import httpx2
+import openai
+from openai._legacy_response import LegacyAPIResponse
+from openai._response import APIResponse, AsyncAPIResponse
+from openai._streaming import ServerSentEvent, SSEDecoder
+
+__all__ = [
+    "RAW_RESPONSES",
+    "SUPPORTED",
+    "APIResponse",
+    "AsyncAPIResponse",
+    "LegacyAPIResponse",
+    "SSEDecoder",
+    "ServerSentEvent",
+]
+
+SUPPORTED = "openai >= 3.51, < 4"
+"""The openai versions whose private names below were verified (mirrors ``pyproject.toml``)."""
+
+BASE_CLIENT = "openai._base_client"
+SEND_REQUEST = "_send_request"  # Sync/AsyncAPIClient: every HTTP attempt
+SLEEP_FOR_RETRY = "_sleep_for_retry"  # Sync/AsyncAPIClient: each SDK retry (retries_taken, response)
+PROCESS_RESPONSE = "_process_response"  # Sync/AsyncAPIClient: the response of any request
+MAKE_SSE_DECODER = "_make_sse_decoder"  # BaseClient: the SSE decoder of every Stream
+
+RAW_RESPONSE_HEADER = "X-Stainless-Raw-Response"
+"""Set by ``with_raw_response``/``with_streaming_response``: ``create()`` then returns a response
+wrapper (``RAW_RESPONSES``), not a ``Stream``."""
+
+RAW_RESPONSES = (LegacyAPIResponse, APIResponse, AsyncAPIResponse)
+
+# The SDK's stream helpers (`chat.completions.stream()`, `responses.stream()`) close the HTTP
+# response directly, never the stream we returned: their close() must end our observation too.
+HELPER_STREAMS: tuple[tuple[str, str], ...] = (
+    ("openai.lib.streaming.chat._completions", "ChatCompletionStream"),
+    ("openai.lib.streaming.chat._completions", "AsyncChatCompletionStream"),
+    ("openai.lib.streaming.responses._responses", "ResponseStream"),
+    ("openai.lib.streaming.responses._responses", "AsyncResponseStream"),
+)
+
+
+def base_url(resource: Any) -> httpx2.URL:
+    """The base URL of an API resource's client (``resource._client``)."""
+    url: httpx2.URL = resource._client.base_url
+    return url
+
+
+def provider(client: Any) -> str:
+    """``gen_ai.provider.name`` of a client: ``azure.ai.openai`` for Azure clients, else ``openai``."""
+    return (
+        "azure.ai.openai" if isinstance(client, (openai.AzureOpenAI, openai.AsyncAzureOpenAI)) else "openai"
+    )
+
+
+def resource_client(resource: Any) -> Any:
+    return resource._client
+
+
+def _real_type(obj: Any) -> type:
+    """The type of ``obj``, or of what a proxy (another instrumentation's ``wrapt`` wrapper) wraps."""
+    for _ in range(8):  # a proxy class defines __wrapped__ itself; a mock's class does not
+        if not hasattr(type(obj), "__wrapped__"):
+            break
+        obj = obj.__wrapped__
+    return type(obj)
+
+
+def stream_kind(result: Any) -> str | None:
+    """``sync``/``async`` for a real SDK stream (by its real type: a ``MagicMock(spec=Stream)``
+    only passes ``isinstance``), ``raw`` for a response wrapper, else None."""
+    cls = _real_type(result)
+    if issubclass(cls, openai.Stream):
+        return "sync"
+    if issubclass(cls, openai.AsyncStream):
+        return "async"
+    if issubclass(cls, RAW_RESPONSES):
+        return "raw"
+    return None
+
+
+def decoder_of(stream: Any) -> Any:
+    """The stream's SSE decoder (``Stream._decoder``)."""
+    return getattr(stream, "_decoder", None)
+
+
+def is_raw_request(kwargs: Mapping[str, Any]) -> bool:
+    headers = kwargs.get("extra_headers")
+    if not headers:
+        return False
+    # The SDK's helpers set this exact spelling; a user-set header may be lower-case.
+    return RAW_RESPONSE_HEADER in headers or RAW_RESPONSE_HEADER.lower() in headers
+
+
+def without_raw_header(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """What a retry re-issues: a raw-response call without its raw header, so the retry returns a
+    plain stream for the proxy the consumer already holds."""
+    if not is_raw_request(kwargs):
+        return kwargs
+    headers = {k: v for k, v in kwargs["extra_headers"].items() if k.lower() != RAW_RESPONSE_HEADER.lower()}
+    return {**kwargs, "extra_headers": headers}
+
+
+def late_request(kwargs: Mapping[str, Any]) -> tuple[str, Any]:
+    """``(url, json body)`` of a ``_process_response`` call (its ``options``)."""
+    options = kwargs["options"]
+    return str(options.url), options.json_data
+
+
+def helper_raw_stream(helper: Any) -> Any:
+    """The stream a ``ChatCompletionStream``/``ResponseStream`` helper reads (``_raw_stream``)."""
+    return getattr(helper, "_raw_stream", None)
+
+
+def check_sse_decoder_factory() -> None:
+    """Raise unless ``BaseClient._make_sse_decoder`` returns exactly the SDK's ``SSEDecoder``
+    (our subclass replaces it only then)."""
+    from openai._base_client import BaseClient
+
+    made = BaseClient.__dict__[MAKE_SSE_DECODER](None)
+    if type(made) is not SSEDecoder:
+        raise TypeError(f"BaseClient._make_sse_decoder returns {type(made)!r}, expected SSEDecoder")

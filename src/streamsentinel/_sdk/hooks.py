@@ -1,0 +1,323 @@
+"""Where the ``openai`` package is patched: the streaming entry points and the SDK's private hooks.
+
+Entry points (sync and async): ``chat.completions.create`` (``chat.completions.stream()`` goes
+through it), legacy ``completions.create``, ``responses.create`` and ``responses.retrieve`` (which
+``responses.stream()`` uses). A ``stream=True`` call opens a ``StreamController`` (through
+``Runtime.begin``) and gets an observed stream; other calls run under a light context that only
+lets the attempt hooks count their 429s, SDK retries and rate-limit headers. The private hooks
+(names in ``compat``) see every HTTP attempt, each SDK retry, the late responses of calls that
+bypassed the entry points, and the SSE decoder.
+
+The hooks read the active runtime at call time (``set_runtime``): a reconfiguring ``instrument()``
+swaps it without patching again.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import structlog
+
+from .._core.context import CURRENT, IN_FALLBACK
+from .._core.controller import StreamController
+from .._core.emit import LOGGER_NAME
+from .._core.lifecycle import Runtime
+from .._core.ratelimit import json_or_none
+from . import compat
+from .patching import original, patch, remove
+from .proxy import ObservedAsyncStream, ObservedStream, adopt
+from .raw import observe_raw
+from .sse import ObservedSSEDecoder
+
+__all__ = ["install", "remove", "set_runtime"]
+
+_Wrapper = Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any]], Any]
+
+# (module, class, method, operation); async-ness is known from the class name.
+ENTRY_POINTS: tuple[tuple[str, str, str, str], ...] = (
+    ("openai.resources.chat.completions.completions", "Completions", "create", "chat"),
+    ("openai.resources.chat.completions.completions", "AsyncCompletions", "create", "chat"),
+    ("openai.resources.completions", "Completions", "create", "text_completion"),
+    ("openai.resources.completions", "AsyncCompletions", "create", "text_completion"),
+    ("openai.resources.responses.responses", "Responses", "create", "responses"),
+    ("openai.resources.responses.responses", "Responses", "retrieve", "responses"),
+    ("openai.resources.responses.responses", "AsyncResponses", "create", "responses"),
+    ("openai.resources.responses.responses", "AsyncResponses", "retrieve", "responses"),
+)
+
+_runtime: Runtime | None = None
+_log = structlog.get_logger(LOGGER_NAME)
+
+
+def set_runtime(runtime: Runtime | None) -> None:
+    global _runtime
+    _runtime = runtime
+
+
+# -- opening and wrapping a call (shared by the sync and async entries) ---------------------------
+
+
+def _begin(
+    rt: Runtime, operation: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any], wrapped: Any
+) -> StreamController | None:
+    try:
+        retry_kwargs = compat.without_raw_header(kwargs)
+        retrieve = None
+        if operation == "responses":
+            retrieve_fn = original(type(instance), "retrieve").__get__(instance)
+
+            def retrieve(response_id: str, starting_after: int) -> Any:
+                return retrieve_fn(response_id, stream=True, starting_after=starting_after)
+
+        return rt.begin(
+            operation,
+            compat.base_url(instance),
+            kwargs,
+            compat.provider(compat.resource_client(instance)),
+            reissue=lambda: wrapped(*args, **retry_kwargs),
+            retrieve=retrieve,
+        )
+    except Exception as exc:
+        rt.errors("begin", exc)
+        return None
+
+
+def _wrap(ctl: StreamController, result: Any) -> Any:
+    """Put what ``create()`` returned under observation; anything else passes through as is."""
+    try:
+        kind = compat.stream_kind(result)
+        if kind == "sync" or kind == "async":
+            adopt(ctl, result)
+            return (ObservedStream if kind == "sync" else ObservedAsyncStream)(result, ctl)
+        if kind == "raw":
+            return observe_raw(ctl, result)
+        ctl.discard()
+        _log.debug("stream.not_observed", type=type(result).__qualname__)
+        return result
+    except Exception as exc:
+        ctl.rt.errors("wrap", exc)
+        ctl.discard()
+        return result
+
+
+def _serve(
+    rt: Runtime, ctl: StreamController, rejected: Any, instance: Any, method: str, kwargs: Any
+) -> Callable[[], Any]:
+    return rt.fallback(ctl, rejected, getattr(instance, method), kwargs)
+
+
+def _entry(operation: str, method: str, is_async: bool) -> _Wrapper:
+    def sync_observed(
+        wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        rt = _runtime
+        ctl = None if rt is None else _begin(rt, operation, instance, args, kwargs, wrapped)
+        if rt is None or ctl is None:
+            return wrapped(*args, **kwargs)
+        rejected = rt.admit(ctl, kwargs)
+        if rejected is not None:
+            serve = _serve(rt, ctl, rejected, instance, method, kwargs)
+            token = IN_FALLBACK.set(True)
+            try:
+                served = serve()
+            finally:
+                IN_FALLBACK.reset(token)
+            rt.served_by_fallback(ctl)
+            return served
+        tokens = ctl.enter()
+        try:
+            result = wrapped(*args, **kwargs)
+        except BaseException as exc:
+            ctl.request_failed(exc)
+            raise
+        finally:
+            ctl.exit(tokens)
+        return _wrap(ctl, result)
+
+    async def async_observed(
+        wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        rt = _runtime
+        ctl = None if rt is None else _begin(rt, operation, instance, args, kwargs, wrapped)
+        if rt is None or ctl is None:
+            return await wrapped(*args, **kwargs)
+        rejected = await rt.admit_async(ctl, kwargs)
+        if rejected is not None:
+            serve = _serve(rt, ctl, rejected, instance, method, kwargs)
+            token = IN_FALLBACK.set(True)
+            try:
+                served = serve()
+                if inspect.isawaitable(served):
+                    served = await served
+            finally:
+                IN_FALLBACK.reset(token)
+            rt.served_by_fallback(ctl)
+            return served
+        tokens = ctl.enter()
+        try:
+            result = await wrapped(*args, **kwargs)
+        except BaseException as exc:
+            ctl.request_failed(exc)
+            raise
+        finally:
+            ctl.exit(tokens)
+        return _wrap(ctl, result)
+
+    def sync_plain(
+        wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        call = _plain_call(operation, instance, kwargs)
+        if call is None:
+            return wrapped(*args, **kwargs)
+        tokens = call.enter()
+        try:
+            return wrapped(*args, **kwargs)
+        finally:
+            call.exit(tokens)
+
+    async def async_plain(
+        wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        call = _plain_call(operation, instance, kwargs)
+        if call is None:
+            return await wrapped(*args, **kwargs)
+        tokens = call.enter()
+        try:
+            return await wrapped(*args, **kwargs)
+        finally:
+            call.exit(tokens)
+
+    observed, plain = (async_observed, async_plain) if is_async else (sync_observed, sync_plain)
+
+    def wrapper(
+        wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        # AsyncCompletions.create is not a coroutine function (a sync decorator wraps it): both
+        # async paths return a coroutine, as the SDK's method does.
+        return (observed if kwargs.get("stream") is True else plain)(wrapped, instance, args, kwargs)
+
+    return wrapper
+
+
+def _plain_call(operation: Any, instance: Any, kwargs: Mapping[str, Any]) -> Any:
+    rt = _runtime
+    if rt is None:
+        return None
+    try:
+        client = compat.resource_client(instance)
+        return rt.begin_call(operation, compat.base_url(instance), kwargs, compat.provider(client))
+    except Exception as exc:
+        rt.errors("begin", exc)
+        return None
+
+
+# -- the private hooks ------------------------------------------------------------------------------
+
+
+def _response_seen(call: Any, response: Any) -> None:
+    body = json_or_none(response.content) if response.status_code == 429 and response.is_closed else None
+    call.on_response(response.status_code, response.headers, body)
+
+
+def _send(is_async: bool) -> _Wrapper:
+    """``_send_request``: every HTTP attempt (status, rate-limit headers, a 429's body)."""
+
+    def sync_send(
+        wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        call = CURRENT.get()
+        if call is None:
+            return wrapped(*args, **kwargs)
+        try:
+            response = wrapped(*args, **kwargs)
+        except BaseException as exc:
+            call.on_transport_error(exc)
+            raise
+        if response.status_code == 429:
+            try:
+                response.read()  # small JSON error body: tells requests/tokens/quota apart
+            except Exception:
+                pass
+        _response_seen(call, response)
+        return response
+
+    async def async_send(
+        wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        call = CURRENT.get()
+        if call is None:
+            return await wrapped(*args, **kwargs)
+        try:
+            response = await wrapped(*args, **kwargs)
+        except BaseException as exc:
+            call.on_transport_error(exc)
+            raise
+        if response.status_code == 429:
+            try:
+                await response.aread()
+            except Exception:
+                pass
+        _response_seen(call, response)
+        return response
+
+    return async_send if is_async else sync_send
+
+
+def _retry_seen(kwargs: Mapping[str, Any]) -> None:
+    call = CURRENT.get()
+    if call is not None:
+        response = kwargs.get("response")
+        call.on_sdk_retry(kwargs.get("retries_taken", 0), None if response is None else response.headers)
+
+
+def _sleep(is_async: bool) -> _Wrapper:
+    """``_sleep_for_retry``: each SDK retry."""
+
+    def sync_sleep(
+        wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        _retry_seen(kwargs)
+        return wrapped(*args, **kwargs)
+
+    async def async_sleep(
+        wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        _retry_seen(kwargs)
+        return await wrapped(*args, **kwargs)
+
+    return async_sleep if is_async else sync_sleep
+
+
+def _install_all(rt: Runtime) -> None:
+    from .late import late_hooks
+
+    for module_name, class_name, method, operation in ENTRY_POINTS:
+        patch(module_name, class_name, method, _entry(operation, method, class_name.startswith("Async")))
+    base = compat.BASE_CLIENT
+    for class_name, is_async in (("SyncAPIClient", False), ("AsyncAPIClient", True)):
+        patch(base, class_name, compat.SEND_REQUEST, _send(is_async))
+        patch(base, class_name, compat.SLEEP_FOR_RETRY, _sleep(is_async))
+    late_hooks(lambda: _runtime, _wrap)
+    compat.check_sse_decoder_factory()
+    patch(
+        base,
+        "BaseClient",
+        compat.MAKE_SSE_DECODER,
+        lambda wrapped, instance, args, kwargs: ObservedSSEDecoder(),
+    )
+
+
+def install(rt: Runtime) -> None:
+    """Apply every patch (once) and make ``rt`` the active runtime. Raises if the SDK lacks a
+    patched name, after undoing what was applied: a moved private name is loud, never half-installed."""
+    from .patching import installed
+
+    if not installed():
+        try:
+            _install_all(rt)
+        except Exception:
+            remove()
+            raise
+    set_runtime(rt)

@@ -1,0 +1,223 @@
+"""The stream proxies and their two I/O drivers over the sans-IO ``StreamController``.
+
+``ObservedStream`` / ``ObservedAsyncStream`` are ``wrapt.ObjectProxy`` subclasses, so the consumer
+keeps ``isinstance(stream, openai.Stream)``, ``stream.response`` and every other attribute. Each
+read goes: proxy -> driver -> the SDK's ``__next__`` -> ``controller.on_item`` (where a chunk is
+observed). The drivers decide nothing: they read, sleep and reopen when the controller says so,
+and hand out ``controller.out`` then ``controller.final``. The async driver is a class with an
+``async def __anext__``, not an async generator: nothing for the event loop to finalize.
+
+Like the SDK's ``Stream.__iter__``, ``__iter__`` returns the stream itself, so breaking out of a
+``for`` loop and iterating again resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import weakref
+from collections.abc import Awaitable
+from time import perf_counter
+from typing import Any
+
+import wrapt
+
+from .._core.controller import SKIP, STOP, StreamController
+from .._core.reaper import REAPER
+from . import compat
+from .sse import ObservedSSEDecoder
+
+
+def adopt(ctl: StreamController, stream: Any) -> None:
+    """Hand the controller what a new SDK stream tells about the wire: its response, the decoder
+    hook's view (None when another decoder is in place) and whether the body is declared SSE."""
+    try:
+        decoder = compat.decoder_of(stream)
+        response = stream.response
+        content_type = response.headers.get("content-type", "")
+        wire = decoder if isinstance(decoder, ObservedSSEDecoder) else None
+        ctl.adopt(response, wire, "text/event-stream" in content_type)
+    except Exception as exc:
+        ctl.rt.errors("adopt", exc)
+
+
+def _hand_out(ctl: StreamController, stop: type[BaseException]) -> Any:
+    """The next queued item, else the final exception (once; later reads end the iterator)."""
+    if ctl.out:
+        return ctl.out.popleft()
+    final, ctl.final = ctl.final, STOP
+    raise (stop() if final is STOP else final)
+
+
+def _switch(driver: _SyncDriver | _AsyncDriver, stream: Any) -> Any:
+    """The next attempt's stream is read from now on."""
+    adopt(driver.ctl, stream)
+    driver.ctl.reopened(stream)
+    proxy = driver.proxy()
+    if proxy is not None:  # the consumer's `stream.response` etc. now refer to the new stream
+        proxy.__wrapped__ = stream
+    return stream
+
+
+class _SyncDriver:
+    __slots__ = ("ctl", "next_item", "proxy")
+
+    def __init__(self, ctl: StreamController, stream: Any, proxy: Any) -> None:
+        self.ctl = ctl
+        self.next_item = stream.__next__
+        self.proxy = weakref.ref(proxy)
+
+    def __next__(self) -> Any:
+        ctl = self.ctl
+        while ctl.final is None:
+            timed = ctl.rt.watchdog.enabled
+            if timed:
+                ctl.s.read_at = perf_counter()
+            try:
+                item = self.next_item()
+            except StopIteration:
+                delay = ctl.on_eof()
+            except BaseException as exc:
+                delay = ctl.on_error(exc)
+            else:
+                if timed:
+                    ctl.s.read_at = 0.0
+                item = ctl.on_item(item)
+                if item is SKIP:
+                    continue
+                if ctl.out:
+                    ctl.out.append(item)
+                    return ctl.out.popleft()
+                return item
+            if delay is not None:
+                time.sleep(delay)
+                call = ctl.next_call()
+                tokens = ctl.enter()
+                try:
+                    stream = call()
+                except BaseException as exc:
+                    ctl.reopen_failed(exc)
+                    continue
+                finally:
+                    ctl.exit(tokens)
+                self.next_item = _switch(self, stream).__next__
+        return _hand_out(ctl, StopIteration)
+
+
+class _AsyncDriver:
+    __slots__ = ("ctl", "next_item", "proxy")
+
+    def __init__(self, ctl: StreamController, stream: Any, proxy: Any) -> None:
+        self.ctl = ctl
+        self.next_item = stream.__anext__
+        self.proxy = weakref.ref(proxy)
+
+    async def __anext__(self) -> Any:
+        ctl = self.ctl
+        while ctl.final is None:
+            timed = ctl.rt.watchdog.enabled
+            if timed:
+                ctl.s.read_at = perf_counter()
+            try:
+                item = await self.next_item()
+            except StopAsyncIteration:
+                delay = ctl.on_eof()
+            except BaseException as exc:
+                delay = ctl.on_error(exc)
+            else:
+                if timed:
+                    ctl.s.read_at = 0.0
+                item = ctl.on_item(item)
+                if item is SKIP:
+                    continue
+                if ctl.out:
+                    ctl.out.append(item)
+                    return ctl.out.popleft()
+                return item
+            if delay is not None:
+                await asyncio.sleep(delay)
+                call = ctl.next_call()
+                tokens = ctl.enter()
+                try:
+                    stream = await call()
+                except BaseException as exc:
+                    ctl.reopen_failed(exc)
+                    continue
+                finally:
+                    ctl.exit(tokens)
+                self.next_item = _switch(self, stream).__anext__
+        return _hand_out(ctl, StopAsyncIteration)
+
+
+class ObservedBase(wrapt.ObjectProxy):  # type: ignore[type-arg]
+    """What both proxies share: the controller, and a finalizer that never ends a stream itself
+    (it queues the controller for the reaper thread: a finalizer may run under any lock)."""
+
+    def __init__(self, wrapped: Any, ctl: StreamController) -> None:
+        super().__init__(wrapped)
+        self._self_ctl = ctl
+
+    def __del__(self) -> None:
+        ctl = self._self_ctl
+        if not ctl.ended:
+            REAPER.put(ctl)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} for {object.__repr__(self.__wrapped__)}>"
+
+
+class ObservedStream(ObservedBase):
+    """A synchronous ``openai.Stream`` under observation."""
+
+    def __init__(self, wrapped: Any, ctl: StreamController) -> None:
+        super().__init__(wrapped, ctl)
+        self._self_next = _SyncDriver(ctl, wrapped, self).__next__
+
+    def __iter__(self) -> ObservedStream:
+        # The proxy itself: a `for` over `create(...)` holds only what iter() returned, and the
+        # proxy must stay alive (its finalizer means "abandoned").
+        return self
+
+    def __next__(self) -> Any:
+        return self._self_next()
+
+    def __enter__(self) -> ObservedStream:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        try:
+            self.__wrapped__.close()
+        finally:
+            self._self_ctl.on_close()
+
+
+class ObservedAsyncStream(ObservedBase):
+    """An ``openai.AsyncStream`` under observation."""
+
+    def __init__(self, wrapped: Any, ctl: StreamController) -> None:
+        super().__init__(wrapped, ctl)
+        self._self_anext = _AsyncDriver(ctl, wrapped, self).__anext__
+
+    def __aiter__(self) -> ObservedAsyncStream:
+        return self  # see ObservedStream.__iter__
+
+    def __anext__(self) -> Awaitable[Any]:
+        return self._self_anext()
+
+    async def __aenter__(self) -> ObservedAsyncStream:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        try:
+            await self.__wrapped__.close()
+        finally:
+            self._self_ctl.on_close()
+
+    async def aclose(self) -> None:
+        await self.close()

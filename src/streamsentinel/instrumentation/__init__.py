@@ -1,0 +1,84 @@
+"""Where streamsentinel's telemetry goes: the :class:`Sink` protocol, the records sinks receive, and
+the built-in sinks (one module each: ``_prometheus``, ``_otel_trace``, ``_otel_metrics``,
+``_structlog``).
+
+A sink is three calls, each made once and behind one guard (a sink that raises is counted in
+``openai_stream_instrumentation_errors_total{stage=<sink.name>}``, logged once, and changes nothing
+else: not another sink, not a decision, not the consumer's stream):
+
+- ``start(stream) -> handle``: a streaming call began; the handle (anything, or None) is the sink's
+  own per-stream state, handed back to ``event`` and ``end`` and never seen by the core or another
+  sink;
+- ``event(stream, event, handle)``: something happened (a retry, a 429, a breaker transition...);
+  ``stream`` is None for events of no stream (breaker events), and ``handle`` None for plain calls;
+- ``end(record, handle)``: the stream ended, classified once, as a frozen :class:`StreamRecord`.
+
+Add a sink by writing one module with a class of this shape and passing an instance to
+``instrument(sinks=[...])`` (added to the defaults), or registering it in ``default_sinks``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+from ._data import (
+    BreakerCall,
+    BreakerRates,
+    BreakerState,
+    BreakerTransition,
+    ChunkEvent,
+    Event,
+    GapEvent,
+    InStreamErrorEvent,
+    RateLimitEvent,
+    RateLimitHeaders,
+    ResumeEvent,
+    RetryEvent,
+    StreamRecord,
+    StreamStart,
+)
+
+__all__ = [
+    "BreakerCall",
+    "BreakerRates",
+    "BreakerState",
+    "BreakerTransition",
+    "ChunkEvent",
+    "Event",
+    "GapEvent",
+    "InStreamErrorEvent",
+    "RateLimitEvent",
+    "RateLimitHeaders",
+    "ResumeEvent",
+    "RetryEvent",
+    "Sink",
+    "StreamRecord",
+    "StreamStart",
+]
+
+
+@runtime_checkable
+class Sink(Protocol):
+    """What the core calls; see the module docstring.
+
+    Attributes:
+        name: the ``stage`` label of this sink's failures (``prometheus``, ``otel_trace``...).
+        wants_chunk_gaps: True to receive every inter-item gap in ``StreamRecord.chunk_gaps``
+            (costs one list append per item; False keeps the per-chunk path free of it).
+
+    Optional (looked up once, with ``getattr``):
+        ``activate(handle) -> token`` / ``deactivate(token)``: make the stream's context current
+        while the SDK's ``create()`` runs (the trace sink: so HTTP spans nest under the stream's).
+        ``discard(stream, handle)``: the call turned out not to be a stream streamsentinel observes
+        (e.g. a mock); undo ``start`` without recording anything.
+        ``close()``: ``uninstrument()`` was called.
+    """
+
+    name: str
+    wants_chunk_gaps: bool
+
+    def start(self, stream: StreamStart) -> Any: ...
+
+    def event(self, stream: StreamStart | None, event: Event, handle: Any) -> None: ...
+
+    def end(self, record: StreamRecord, handle: Any) -> None: ...

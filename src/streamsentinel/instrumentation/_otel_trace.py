@@ -1,0 +1,189 @@
+"""The OpenTelemetry trace sink: one CLIENT span per stream, after the GenAI semantic conventions.
+
+Span name ``{gen_ai.operation.name} {gen_ai.request.model}``; ``gen_ai.*``, ``server.*`` and
+``error.type`` attributes (names imported from ``_semconv``, never retyped); streamsentinel's own
+under ``streamsentinel.*``. The span starts with the call, is current only while the SDK's
+``create()`` runs (``activate``), and ends when the stream ends: the stream's timeline (gaps,
+retries, rate limits, resumes, breaker transitions, and per-chunk events with
+``chunk_events="all"``, at most 128 as the SDK keeps) is added then, with each event's own time,
+so nothing is done per chunk.
+
+Semconv rules followed: ``gen_ai.response.time_to_first_chunk`` is the first chunk of any kind;
+``gen_ai.response.finish_reasons`` reports ``error`` for a position whose finish reason never came
+on a stream that failed; ``gen_ai.provider.name`` is ``azure.ai.openai`` for Azure clients.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer, TracerProvider
+
+from .._core.taxonomy import REJECTED_ERROR_TYPE
+from . import _semconv as sc
+from ._data import (
+    BreakerTransition,
+    ChunkEvent,
+    Event,
+    GapEvent,
+    InStreamErrorEvent,
+    RateLimitEvent,
+    ResumeEvent,
+    RetryEvent,
+    StreamRecord,
+    StreamStart,
+)
+
+TRACER_NAME = "streamsentinel"
+
+_REQUEST_PARAMS = {
+    "max_tokens": sc.GEN_AI_REQUEST_MAX_TOKENS,
+    "max_completion_tokens": sc.GEN_AI_REQUEST_MAX_TOKENS,
+    "max_output_tokens": sc.GEN_AI_REQUEST_MAX_TOKENS,
+    "temperature": sc.GEN_AI_REQUEST_TEMPERATURE,
+    "top_p": sc.GEN_AI_REQUEST_TOP_P,
+}
+
+
+def _event(event: Event) -> tuple[str, dict[str, Any]] | None:
+    """A timeline event as a span event ``(name, attributes)``; None for those not on spans."""
+    if isinstance(event, GapEvent):
+        return "streamsentinel.gap", {"streamsentinel.gap": event.gap}
+    if isinstance(event, RetryEvent):
+        return "streamsentinel.retry", {
+            "streamsentinel.layer": event.layer,
+            "streamsentinel.reason": event.reason,
+            "streamsentinel.attempt": event.attempt,
+        }
+    if isinstance(event, RateLimitEvent):
+        return "streamsentinel.rate_limited", {"streamsentinel.kind": event.kind}
+    if isinstance(event, ResumeEvent):
+        return "streamsentinel.resume", {
+            "streamsentinel.strategy": event.strategy,
+            "streamsentinel.result": event.result,
+        }
+    if isinstance(event, InStreamErrorEvent):
+        attributes: dict[str, Any] = {"streamsentinel.error_type": event.error_type}
+        if event.code:
+            attributes["streamsentinel.error_code"] = event.code
+        return "streamsentinel.in_stream_error", attributes
+    if isinstance(event, ChunkEvent):
+        attributes = {"streamsentinel.chunk": event.index}
+        if event.gap is not None:
+            attributes["streamsentinel.gap"] = event.gap
+        if event.text:
+            attributes["streamsentinel.text"] = event.text
+        return "streamsentinel.chunk", attributes
+    if isinstance(event, BreakerTransition):
+        return "streamsentinel.circuit_state", {
+            "streamsentinel.breaker": event.breaker,
+            "streamsentinel.from_state": event.from_state,
+            "streamsentinel.to_state": event.to_state,
+        }
+    return None
+
+
+class OTelTraceSink:
+    """Starts, fills and ends each stream's span through ``tracer_provider`` (None: the global one)."""
+
+    name = "otel_trace"
+    wants_chunk_gaps = False
+
+    def __init__(self, tracer_provider: TracerProvider | None = None, *, version: str = "0") -> None:
+        self.tracer: Tracer = trace.get_tracer(
+            TRACER_NAME, version, tracer_provider=tracer_provider, schema_url=sc.SCHEMA_URL
+        )
+
+    def start(self, stream: StreamStart) -> Span:
+        semconv_op = sc.operation_name(stream.operation)
+        attributes: dict[str, Any] = {
+            sc.GEN_AI_OPERATION_NAME: semconv_op,
+            sc.GEN_AI_PROVIDER_NAME: stream.provider,
+            sc.GEN_AI_REQUEST_MODEL: stream.request_model,
+            sc.GEN_AI_REQUEST_STREAM: True,
+            sc.SERVER_ADDRESS: stream.server_address,
+        }
+        if stream.server_port is not None:
+            attributes[sc.SERVER_PORT] = stream.server_port
+        for key, value in stream.params:
+            attributes[_REQUEST_PARAMS[key]] = value
+        return self.tracer.start_span(
+            f"{semconv_op} {stream.request_model}",
+            kind=SpanKind.CLIENT,
+            attributes=attributes,
+            start_time=stream.start_ns,
+        )
+
+    def activate(self, span: Span) -> object:
+        return otel_context.attach(trace.set_span_in_context(span))
+
+    def deactivate(self, token: Any) -> None:
+        otel_context.detach(token)
+
+    def discard(self, stream: StreamStart, span: Span | None) -> None:
+        """Not a stream after all: the span is dropped unended, so it is never exported."""
+
+    def event(self, stream: StreamStart | None, event: Event, span: Span | None) -> None:
+        """Mid-stream events reach the span with the record (their own times), not one by one."""
+
+    def end(self, record: StreamRecord, span: Span | None) -> None:
+        if span is None:
+            return
+        try:
+            if span.is_recording():
+                self._fill(record, span)
+        finally:
+            span.end(end_time=record.end_ns)
+
+    def _fill(self, record: StreamRecord, span: Span) -> None:
+        start_ns = record.start.start_ns
+        attrs: dict[str, Any] = {
+            "streamsentinel.outcome": record.outcome,
+            "streamsentinel.chunks": record.chunks,
+            "streamsentinel.max_chunk_gap": record.max_gap,
+            "streamsentinel.retries": record.sdk_retries,
+            "streamsentinel.sentinel_retries": record.sentinel_retries,
+        }
+        if record.done_seen is not None:
+            attrs["streamsentinel.done_seen"] = record.done_seen
+        if record.reason is not None:
+            attrs["streamsentinel.truncation_reason"] = record.reason
+        for name, value in (
+            (sc.GEN_AI_RESPONSE_ID, record.response_id),
+            (sc.GEN_AI_RESPONSE_MODEL, record.response_model),
+            (sc.GEN_AI_USAGE_INPUT_TOKENS, record.input_tokens),
+            (sc.GEN_AI_USAGE_OUTPUT_TOKENS, record.output_tokens),
+            (sc.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS, record.cached_input_tokens),
+            (sc.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS, record.reasoning_tokens),
+            ("streamsentinel.request_id", record.request_id),
+            (sc.GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK, record.time_to_first_chunk),
+        ):
+            if value is not None and value != "":
+                attrs[name] = value
+        if record.finish_reasons:
+            attrs[sc.GEN_AI_RESPONSE_FINISH_REASONS] = record.finish_reasons
+        if record.time_to_first_token is not None:
+            ttft = record.time_to_first_token
+            span.add_event(
+                "streamsentinel.first_token", {"streamsentinel.ttft": ttft}, start_ns + int(ttft * 1e9)
+            )
+        for event in record.events:
+            named = _event(event)
+            if named is not None:
+                at = getattr(event, "at", record.duration)
+                span.add_event(named[0], named[1], start_ns + int(at * 1e9))
+        if record.reason is not None:
+            truncated: dict[str, Any] = {
+                "streamsentinel.reason": record.reason,
+                "streamsentinel.chunks": record.chunks,
+            }
+            if record.partial_text is not None:
+                truncated["streamsentinel.partial_text"] = record.partial_text
+            span.add_event("streamsentinel.truncated", truncated, record.end_ns)
+        error_type = record.error_type or (REJECTED_ERROR_TYPE if record.outcome == "rejected" else None)
+        if error_type is not None:
+            attrs[sc.ERROR_TYPE] = error_type
+            span.set_status(Status(StatusCode.ERROR, error_type))
+        span.set_attributes(attrs)
