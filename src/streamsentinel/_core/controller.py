@@ -24,67 +24,50 @@ from typing import Any
 import openai
 
 from .. import errors
-from .._resilience.resume import Diverged, ReplaySkipper
-from .._resilience.retry import Plan
 from ..instrumentation._data import (
     ChunkEvent,
     GapEvent,
     InStreamErrorEvent,
-    ResumeEvent,
-    RetryEvent,
 )
-from .attempts import Attempts
 from .record import build_record
+from .reopen import SKIP, Reopening
 from .state import StreamState
 from .taxonomy import (
     Failure,
     abandon_outcome,
     breaker_result,
-    classify_in_stream_event,
     classify_request_exception,
     classify_stream_exception,
     end_failure,
     is_cancellation,
-    is_complete,
     outcome_of,
-    silent_reason,
     watchdog_failure,
 )
 
-SKIP: Any = object()
-"""``on_item``'s answer for an item not delivered now (held, or a replay's already-seen part)."""
 STOP: Any = StopIteration
 """``final`` for a stream that ends without an exception."""
+__all__ = ["SKIP", "STOP", "StreamController"]
+
 _ODD = (AttributeError, TypeError, KeyError, IndexError, ValueError)
 _CHUNK_EVENTS_KEPT = 128  # the OTel SDK keeps 128 events per span by default: no more are made
 
 
-class StreamController(Attempts):
+class StreamController(Reopening):
     """One logical stream request, from ``create()`` to its record. Not thread-safe: one consumer."""
 
     __slots__ = (
-        "_broken",
-        "_broken_exc",
         "_debug",
         "_extras",
-        "_is_sse",
-        "_pending",
         "_preamble",
         "_read",
-        "_skipper",
-        "attempt",
         "attempt_start",
         "breaker_name",
         "ended",
         "final",
-        "held",
-        "holding",
         "out",
         "permit",
         "raw_mode",
-        "reissue",
         "response",
-        "retrieve",
         "s",
     )
 
@@ -98,31 +81,21 @@ class StreamController(Attempts):
         reissue: Callable[[], Any] | None,
         retrieve: Callable[[str, int], Any] | None,
     ) -> None:
-        super().__init__(rt, stream, start, handles)
+        super().__init__(rt, stream, start, handles, reissue, retrieve)
         self.s = StreamState(keep_gaps=rt.emitter.wants_chunk_gaps)
         self.timeline = self.s.events
         self._read = rt.readers[stream.operation]
         self._preamble = rt.preambles[stream.operation]
         self._debug = rt.debug()  # DEBUG logging on: asked once per stream, never per chunk
         self._extras = rt.chunk_extras or self._debug
-        self.reissue = reissue  # opens the same request again (None: late observation, no retry)
-        self.retrieve = retrieve  # Responses: continues a background response from a sequence number
         self.permit: Any = None  # (breaker name, Permit) while a breaker guards the call
         self.breaker_name: str | None = None
-        self.attempt = 1
         self.attempt_start = start
         self.ended = False
         self.response: Any = None  # the current attempt's httpx2.Response
         self.raw_mode = False  # a raw response not parsed into a stream: its body's end ends it
-        self.holding = rt.policy.attempts > 1
-        self.held: list[Any] = []
         self.out: deque[Any] = deque()  # items the driver hands out before reading again
         self.final: Any = None  # after ``out``: STOP or an exception instance to raise
-        self._skipper: ReplaySkipper | None = None
-        self._broken: Failure | None = None  # the failure a resume repairs
-        self._broken_exc: BaseException | None = None  # and what the SDK raised for it, if anything
-        self._pending = "retry"  # what the planned reopening is
-        self._is_sse = True
 
     # -- the response of an attempt ---------------------------------------------------------------
 
@@ -131,7 +104,7 @@ class StreamController(Attempts):
         hook absent) and whether the body is declared SSE. Starts the watchdog's deadlines."""
         self.response = response
         self.attempt_start = perf_counter()
-        self._is_sse = is_sse
+        self.s.is_sse = is_sse
         self.s.wire = wire
         if self.request_id is None:
             try:
@@ -173,18 +146,8 @@ class StreamController(Attempts):
             s.odd_items += 1  # a shape we cannot read: the server's business, delivered as is
         except Exception as exc:
             self.rt.errors("chunk", exc)
-        if self.holding:
-            try:
-                hold = self._preamble(item)
-            except Exception:
-                hold = False
-            if hold:
-                self.held.append(item)
-                return SKIP
-            self.holding = False
-            if self.held:
-                self.out.extend(self.held)
-                self.held.clear()
+        if self.holding and self._hold(item, self._preamble):
+            return SKIP
         return item
 
     def _chunk_extras(self, item: Any, now: float, gap: float) -> None:
@@ -200,24 +163,6 @@ class StreamController(Attempts):
         if self._debug:
             rt.emitter.event(self.stream, event, self.handles)
 
-    def _replayed(self, item: Any) -> Any:
-        skipper = self._skipper
-        assert skipper is not None
-        try:
-            kept = skipper.feed(item)
-        except Diverged as diverged:
-            raise self._divergence(diverged) from None
-        except Exception as exc:  # an item the skipper cannot compare: stop skipping
-            self.rt.errors("resume", exc)
-            self._skipper = None
-            return item
-        if kept is None:
-            return SKIP
-        if skipper.done:
-            self._resumed("resumed")
-            self._skipper = None
-        return kept
-
     # -- the end of a read: decide -----------------------------------------------------------------
 
     def on_eof(self) -> float | None:
@@ -229,8 +174,8 @@ class StreamController(Attempts):
                 self._end_with(self._divergence(short))
                 return None
         try:
-            complete = self._complete()
-            failure = end_failure(complete, self._in_stream_failure(), self._silent_reason())
+            complete = self.s.complete(self.stream.operation)
+            failure = end_failure(complete, self.s.in_stream_failure(), self.s.silent_reason())
         except Exception as exc:
             self.rt.errors("classify", exc)
             complete, failure = True, None
@@ -302,106 +247,6 @@ class StreamController(Attempts):
         if failure.rate_limit_kind is not None:
             self.rate_limited(failure.rate_limit_kind, None)
 
-    def _plan(self, failure: Failure) -> float | None:
-        """A delay when the policy and the budget allow opening the stream again."""
-        rt = self.rt
-        if self.reissue is None or self.ended or self.s.odd_items:
-            return None  # late observation, or items of a type a reissue would not give back
-        try:
-            delivered = not self.holding
-            s = self.s
-            resumable = rt.policy.resume == "replay" or (
-                self.retrieve is not None and s.response_id is not None and s.last_seq is not None
-            )
-            plan: Plan | None = rt.policy.decide(
-                failure,
-                attempt=self.attempt,
-                elapsed=perf_counter() - self.start,
-                delivered=delivered,
-                resumable=resumable,
-            )
-            if plan is None:
-                return None
-            if not rt.budget.try_spend():
-                if plan.kind == "retry":
-                    rt.log_retry_denied(self.stream, failure.error_type)
-                return None
-            at = perf_counter() - self.start
-            if plan.kind == "retry":
-                self.sentinel_retries += 1
-                self._emit(RetryEvent(at, "sentinel", failure.error_type, self.attempt + 1, plan.delay))
-            else:
-                self._broken = failure
-                strategy = rt.policy.resume
-                self._emit(ResumeEvent(at, strategy, "started", failure.error_type, self.attempt + 1))
-            self._pending = plan.kind
-            return plan.delay
-        except Exception as exc:
-            rt.errors("retry", exc)
-            return None
-
-    # -- opening the stream again ------------------------------------------------------------------
-
-    def next_call(self) -> Callable[[], Any]:
-        """What the driver calls (and awaits, for an async client) to open the next stream, after
-        the delay ``on_eof``/``on_error`` returned. Its result goes to :meth:`reopened`, its
-        exception to :meth:`reopen_failed`."""
-        rt = self.rt
-        if self.response is not None:
-            try:
-                self.response.close()  # the failed attempt's connection: nothing more is read
-            except Exception:
-                pass
-        rt.watchdog.unwatch(self)
-        self.attempt += 1
-        if self._pending == "retry":
-            self.s.new_attempt(keep_gaps=rt.emitter.wants_chunk_gaps)
-            self.holding = rt.policy.attempts > 1
-            self.held.clear()
-            reissue = self.reissue
-            assert reissue is not None
-            return reissue
-        self.s.new_connection()
-        if rt.policy.resume == "responses":
-            retrieve, s = self.retrieve, self.s
-            assert retrieve is not None and s.response_id is not None and s.last_seq is not None
-            response_id, last_seq = s.response_id, s.last_seq
-            return lambda: retrieve(response_id, last_seq)
-        delivered = (self.s.joined(self.s.text), self.s.joined(self.s.tool_args))
-        self._skipper = ReplaySkipper(self.stream.operation, delivered)
-        reissue = self.reissue
-        assert reissue is not None
-        return reissue
-
-    def reopened(self, stream: Any) -> None:
-        """The next stream opened (the driver has adopted it through the SDK layer)."""
-        if self._pending == "resume" and self._skipper is None:
-            self._resumed("resumed")  # a continuation: nothing to skip
-
-    def reopen_failed(self, exc: BaseException) -> None:
-        """Opening the next stream raised. A retry's failure (or a cancellation) ends the request
-        with it; a resume's leaves the original failure to end the stream."""
-        if self._pending == "retry" or is_cancellation(exc):
-            self.request_failed(exc)
-            self._end_with(exc)
-            return
-        self._resumed("failed")
-        broken = self._broken or Failure("other", "other")
-        self._finish(outcome_of(broken, self.s.payload_chunks > 0), broken)
-        self._end_failed(broken, self._broken_exc, False)
-
-    def _resumed(self, result: str) -> None:
-        strategy = self.rt.policy.resume
-        self._emit(ResumeEvent(perf_counter() - self.start, strategy, result))  # type: ignore[arg-type]
-
-    def _divergence(self, diverged: Diverged) -> errors.StreamDivergedError:
-        self._skipper = None
-        self._resumed("diverged")
-        self._finish("truncated", self._broken or Failure("other", "other"))
-        return errors.StreamDivergedError(
-            delivered=diverged.delivered, received=diverged.received, request=self._request()
-        )
-
     # -- other endings -----------------------------------------------------------------------------
 
     def request_failed(self, exc: BaseException) -> None:
@@ -422,7 +267,9 @@ class StreamController(Attempts):
         if self.ended:
             return
         try:
-            outcome = abandon_outcome(self._complete(closed_early=True), self._in_stream_failure())
+            outcome = abandon_outcome(
+                self.s.complete(self.stream.operation, closed_early=True), self.s.in_stream_failure()
+            )
         except Exception as exc:
             self.rt.errors("classify", exc)
             outcome = "abandoned"
@@ -449,27 +296,6 @@ class StreamController(Attempts):
         self.rt.emitter.discard(self.stream, self.handles)
 
     # -- classification helpers --------------------------------------------------------------------
-
-    def _complete(self, closed_early: bool = False) -> bool:
-        s = self.s
-        wire = s.wire
-        return is_complete(
-            self.stream.operation,
-            wire.done if wire is not None else None,
-            s.terminal is not None or (wire is not None and wire.terminal_seen),
-            bool(s.finish_reasons),
-            closed_early=closed_early,
-        )
-
-    def _in_stream_failure(self) -> Failure | None:
-        error = self.s.in_stream_error
-        return classify_in_stream_event(*error) if error is not None else None
-
-    def _silent_reason(self) -> Any:
-        s = self.s
-        wire = s.wire
-        saw_event = wire.saw_event if wire is not None else s.chunks > 0
-        return silent_reason(saw_event, self._is_sse, wire is not None and wire.ended_inside_event)
 
     def _request(self) -> Any:
         try:

@@ -9,6 +9,15 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from .taxonomy import (
+    Failure,
+    Operation,
+    TruncationReason,
+    classify_in_stream_event,
+    is_complete,
+    silent_reason,
+)
+
 _NEVER = float("inf")
 
 
@@ -47,6 +56,7 @@ class StreamState:
         "gaps",
         "in_stream_error",
         "input_tokens",
+        "is_sse",
         "last_at",
         "last_seq",
         "max_gap",
@@ -70,6 +80,7 @@ class StreamState:
     def new_connection(self) -> None:
         """A new HTTP stream for the same request (a resume): forget the connection's facts."""
         self.wire: Wire | None = None
+        self.is_sse = True  # the response declared text/event-stream
         self.timeout_kind: str | None = None  # set by the watchdog when it closed the stream
         self.read_at = 0.0  # when the consumer's pending read began (0: not reading)
         self.terminal: str | None = None
@@ -105,3 +116,27 @@ class StreamState:
     def joined(self, pieces: list[Any]) -> str:
         """Pieces joined as text; a non-string piece (the SDK does not validate) is converted."""
         return "".join(p if isinstance(p, str) else str(p) for p in pieces)
+
+    # -- what the wire says (the rules are taxonomy's) -------------------------------------------------
+
+    def complete(self, operation: Operation, *, closed_early: bool = False) -> bool:
+        """Whether the stream reached its terminal marker (``taxonomy.is_complete``)."""
+        wire = self.wire
+        return is_complete(
+            operation,
+            wire.done if wire is not None else None,
+            self.terminal is not None or (wire is not None and wire.terminal_seen),
+            bool(self.finish_reasons),
+            closed_early=closed_early,
+        )
+
+    def in_stream_failure(self) -> Failure | None:
+        """The failure of an error event the SDK yielded as an item, if one came."""
+        error = self.in_stream_error
+        return classify_in_stream_event(*error) if error is not None else None
+
+    def silent_reason(self) -> TruncationReason:
+        """Why a stream the SDK ended without error was short (``taxonomy.silent_reason``)."""
+        wire = self.wire
+        saw_event = wire.saw_event if wire is not None else self.chunks > 0
+        return silent_reason(saw_event, self.is_sse, wire is not None and wire.ended_inside_event)

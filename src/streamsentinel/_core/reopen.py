@@ -1,0 +1,215 @@
+"""Opening a stream again: streamsentinel's retries (nothing delivered yet) and resumes (after
+output started), as the ``RetryPolicy`` and the retry budget decide. The base of the stream
+controller: it plans the reopening, says what to call, and how the new stream continues (a replay
+skips what the consumer already has; a divergence ends the stream).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from time import perf_counter
+from typing import Any
+
+from .. import errors
+from .._resilience.resume import Diverged, ReplaySkipper
+from .._resilience.retry import Plan
+from ..instrumentation._data import ResumeEvent, RetryEvent
+from .attempts import Attempts
+from .state import StreamState
+from .taxonomy import Failure, Outcome, is_cancellation, outcome_of
+
+SKIP: Any = object()
+"""``on_item``'s answer for an item not delivered now (held, or a replay's already-seen part)."""
+
+
+class Reopening(Attempts):
+    """Retry and resume state of a stream (see the module docstring)."""
+
+    __slots__ = (
+        "_broken",
+        "_broken_exc",
+        "_pending",
+        "_skipper",
+        "attempt",
+        "held",
+        "holding",
+        "reissue",
+        "retrieve",
+    )
+
+    # Kept by the controller (StreamController), used here.
+    s: StreamState
+    response: Any
+    out: Any
+    ended: bool
+
+    def __init__(
+        self,
+        rt: Any,
+        stream: Any,
+        start: float,
+        handles: tuple[Any, ...],
+        reissue: Callable[[], Any] | None,
+        retrieve: Callable[[str, int], Any] | None,
+    ) -> None:
+        super().__init__(rt, stream, start, handles)
+        self.reissue = reissue  # opens the same request again (None: late observation, no retry)
+        self.retrieve = retrieve  # Responses: continues a background response from a sequence number
+        self.attempt = 1
+        # While a retry is possible, items known to carry no output are held: until the first
+        # other item the consumer has seen nothing, so a retry cannot duplicate output.
+        self.holding = rt.policy.attempts > 1
+        self.held: list[Any] = []
+        self._skipper: ReplaySkipper | None = None
+        self._broken: Failure | None = None  # the failure a resume repairs
+        self._broken_exc: BaseException | None = None  # and what the SDK raised for it, if anything
+        self._pending = "retry"  # what the planned reopening is
+
+    def _hold(self, item: Any, preamble: Callable[[Any], bool]) -> bool:
+        """Whether ``item`` is held (while holding). The first item that is not known to carry no
+        output ends the hold: what was held is released into ``out`` ahead of it."""
+        try:
+            hold = preamble(item)
+        except Exception:
+            hold = False
+        if hold:
+            self.held.append(item)
+            return True
+        self.holding = False
+        if self.held:
+            self.out.extend(self.held)
+            self.held.clear()
+        return False
+
+    def _finish(self, outcome: Outcome, failure: Failure | None) -> None:
+        raise NotImplementedError
+
+    def _end_failed(self, failure: Failure, exc: BaseException | None, complete: bool) -> None:
+        raise NotImplementedError
+
+    def _end_with(self, final: BaseException | None) -> None:
+        raise NotImplementedError
+
+    def _request(self) -> Any:
+        raise NotImplementedError
+
+    def request_failed(self, exc: BaseException) -> None:
+        raise NotImplementedError
+
+    def _replayed(self, item: Any) -> Any:
+        skipper = self._skipper
+        assert skipper is not None
+        try:
+            kept = skipper.feed(item)
+        except Diverged as diverged:
+            raise self._divergence(diverged) from None
+        except Exception as exc:  # an item the skipper cannot compare: stop skipping
+            self.rt.errors("resume", exc)
+            self._skipper = None
+            return item
+        if kept is None:
+            return SKIP
+        if skipper.done:
+            self._resumed("resumed")
+            self._skipper = None
+        return kept
+
+    def _plan(self, failure: Failure) -> float | None:
+        """A delay when the policy and the budget allow opening the stream again."""
+        rt = self.rt
+        if self.reissue is None or self.ended or self.s.odd_items:
+            return None  # late observation, or items of a type a reissue would not give back
+        try:
+            delivered = not self.holding
+            s = self.s
+            resumable = rt.policy.resume == "replay" or (
+                self.retrieve is not None and s.response_id is not None and s.last_seq is not None
+            )
+            plan: Plan | None = rt.policy.decide(
+                failure,
+                attempt=self.attempt,
+                elapsed=perf_counter() - self.start,
+                delivered=delivered,
+                resumable=resumable,
+            )
+            if plan is None:
+                return None
+            if not rt.budget.try_spend():
+                if plan.kind == "retry":
+                    rt.log_retry_denied(self.stream, failure.error_type)
+                return None
+            at = perf_counter() - self.start
+            if plan.kind == "retry":
+                self.sentinel_retries += 1
+                self._emit(RetryEvent(at, "sentinel", failure.error_type, self.attempt + 1, plan.delay))
+            else:
+                self._broken = failure
+                strategy = rt.policy.resume
+                self._emit(ResumeEvent(at, strategy, "started", failure.error_type, self.attempt + 1))
+            self._pending = plan.kind
+            return plan.delay
+        except Exception as exc:
+            rt.errors("retry", exc)
+            return None
+
+    # -- opening the stream again ------------------------------------------------------------------
+
+    def next_call(self) -> Callable[[], Any]:
+        """What the driver calls (and awaits, for an async client) to open the next stream, after
+        the delay ``on_eof``/``on_error`` returned. Its result goes to :meth:`reopened`, its
+        exception to :meth:`reopen_failed`."""
+        rt = self.rt
+        if self.response is not None:
+            try:
+                self.response.close()  # the failed attempt's connection: nothing more is read
+            except Exception:
+                pass
+        rt.watchdog.unwatch(self)
+        self.attempt += 1
+        if self._pending == "retry":
+            self.s.new_attempt(keep_gaps=rt.emitter.wants_chunk_gaps)
+            self.holding = rt.policy.attempts > 1
+            self.held.clear()
+            reissue = self.reissue
+            assert reissue is not None
+            return reissue
+        self.s.new_connection()
+        if rt.policy.resume == "responses":
+            retrieve, s = self.retrieve, self.s
+            assert retrieve is not None and s.response_id is not None and s.last_seq is not None
+            response_id, last_seq = s.response_id, s.last_seq
+            return lambda: retrieve(response_id, last_seq)
+        delivered = (self.s.joined(self.s.text), self.s.joined(self.s.tool_args))
+        self._skipper = ReplaySkipper(self.stream.operation, delivered)
+        reissue = self.reissue
+        assert reissue is not None
+        return reissue
+
+    def reopened(self, stream: Any) -> None:
+        """The next stream opened (the driver has adopted it through the SDK layer)."""
+        if self._pending == "resume" and self._skipper is None:
+            self._resumed("resumed")  # a continuation: nothing to skip
+
+    def reopen_failed(self, exc: BaseException) -> None:
+        """Opening the next stream raised. A retry's failure (or a cancellation) ends the request
+        with it; a resume's leaves the original failure to end the stream."""
+        if self._pending == "retry" or is_cancellation(exc):
+            self.request_failed(exc)
+            self._end_with(exc)
+            return
+        self._resumed("failed")
+        broken = self._broken or Failure("other", "other")
+        self._finish(outcome_of(broken, self.s.payload_chunks > 0), broken)
+        self._end_failed(broken, self._broken_exc, False)
+
+    def _resumed(self, result: str) -> None:
+        strategy = self.rt.policy.resume
+        self._emit(ResumeEvent(perf_counter() - self.start, strategy, result))  # type: ignore[arg-type]
+
+    def _divergence(self, diverged: Diverged) -> errors.StreamDivergedError:
+        self._skipper = None
+        self._resumed("diverged")
+        self._finish("truncated", self._broken or Failure("other", "other"))
+        return errors.StreamDivergedError(
+            delivered=diverged.delivered, received=diverged.received, request=self._request()
+        )
