@@ -125,12 +125,9 @@ def uncache_streamsentinel_loggers() -> None:
 
 def settle() -> None:
     """Wait until streams dropped without close() (queued by their finalizers) have been ended."""
-    import gc
+    from streamsentinel.testing import settle as wait
 
-    from streamsentinel._core.reaper import REAPER
-
-    gc.collect()
-    assert REAPER.drain(timeout=30), "abandoned streams were not ended"
+    wait()
 
 
 def breaker(telemetry: Telemetry, key: str) -> Any:

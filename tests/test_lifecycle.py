@@ -6,7 +6,6 @@ the tracing context."""
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 from typing import Any
 
@@ -29,6 +28,7 @@ from .support import (
     chat_text,
     make_telemetry,
     responses_kwargs,
+    settle,
 )
 
 CHAT_ITEMS = 8  # role chunk, 5 content chunks, finish chunk, usage chunk
@@ -92,7 +92,7 @@ def test_full_consumption_sync(
     # Closing or dropping a finished stream changes nothing.
     stream.close()
     del stream
-    gc.collect()
+    settle()
     assert_one_stream(telemetry, "completed")
     assert_no_otel_complaints(caplog)
 
@@ -108,7 +108,7 @@ async def test_full_consumption_async(
     assert_one_stream(telemetry, "completed")
     await stream.close()
     del stream
-    gc.collect()
+    settle()
     assert_one_stream(telemetry, "completed")
     assert_no_otel_complaints(caplog)
 
@@ -128,7 +128,7 @@ def test_break_then_close_is_abandoned_sync(
     assert span.attributes is not None and span.attributes["streamsentinel.chunks"] == 3
     stream.close()  # idempotent
     del stream
-    gc.collect()
+    settle()
     assert_one_stream(telemetry, "abandoned")
     assert_no_otel_complaints(caplog)
 
@@ -149,7 +149,7 @@ async def test_break_then_aclose_is_abandoned_async(
     assert span.attributes is not None and span.attributes["streamsentinel.chunks"] == 3
     await stream.close()
     del stream
-    gc.collect()
+    settle()
     assert_one_stream(telemetry, "abandoned")
     assert_no_otel_complaints(caplog)
 
@@ -202,10 +202,10 @@ def test_dropped_without_close_is_abandoned_once_sync(
     next(stream)
     next(stream)
     del stream
-    gc.collect()
+    settle()
     span = assert_one_stream(telemetry, "abandoned")
     assert span.end_time is not None
-    gc.collect()
+    settle()
     assert_one_stream(telemetry, "abandoned")
     assert_no_otel_complaints(caplog)
 
@@ -213,7 +213,7 @@ def test_dropped_without_close_is_abandoned_once_sync(
 def test_dropped_before_iterating_is_abandoned_sync(telemetry: Telemetry, client: openai.OpenAI) -> None:
     stream = open_chat(client)
     del stream
-    gc.collect()
+    settle()
     span = assert_one_stream(telemetry, "abandoned")
     assert span.attributes is not None and span.attributes["streamsentinel.chunks"] == 0
 
@@ -225,11 +225,11 @@ async def test_dropped_without_close_is_abandoned_once_async(
     await stream.__anext__()
     await stream.__anext__()
     del stream
-    gc.collect()
+    settle()
     span = assert_one_stream(telemetry, "abandoned")
     assert span.end_time is not None
     await asyncio.sleep(0)  # let the loop run the async generators' finalizers
-    gc.collect()
+    settle()
     assert_one_stream(telemetry, "abandoned")
     assert_no_otel_complaints(caplog)
 
@@ -641,7 +641,7 @@ def test_chat_stream_manager_early_exit_is_abandoned_when_dropped(
         for _event in stream:
             break
     del stream
-    gc.collect()
+    settle()
     assert_one_stream(telemetry, "abandoned")
 
 
@@ -658,7 +658,7 @@ def test_chat_stream_manager_early_exit_is_abandoned_at_exit(
         len(telemetry.spans()),
     )
     del stream  # release it before asserting, so a failure cannot leak it into later tests
-    gc.collect()
+    settle()
     assert at_exit == (0, {"abandoned": 1}, 1)
 
 

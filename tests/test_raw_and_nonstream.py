@@ -4,7 +4,6 @@ and rate-limit headers are counted). Real loopback HTTP against the chaos server
 
 from __future__ import annotations
 
-import gc
 from typing import Any
 
 import httpx2
@@ -15,7 +14,7 @@ from openai.types.chat import ChatCompletion
 from streamsentinel import StreamTruncatedError
 from streamsentinel.chaos import ChaosServer, Fault, FaultPlan, FaultSpec
 
-from .support import MODEL, TIMEOUT, Telemetry, chat_kwargs, chat_text
+from .support import MODEL, TIMEOUT, Telemetry, chat_kwargs, chat_text, settle
 
 CHAT_ITEMS = 8  # role chunk, 5 content chunks, finish chunk, usage chunk
 CUT = {"x-chaos-fault": "eof_chunked", "x-chaos-after": "3"}
@@ -49,7 +48,7 @@ def test_raw_response_parse_is_observed(
     assert len(items) == CHAT_ITEMS
     assert chat_text(items) == chaos.expected_text(chat_kwargs())
     del raw  # the parsed stream, not the raw response, ends the observation
-    gc.collect()
+    settle()
     assert outcomes(telemetry) == {"completed": 1}
     assert telemetry.value("openai_stream_chunks_total") == CHAT_ITEMS
     assert_clean(telemetry)
@@ -78,7 +77,7 @@ def test_raw_response_dropped_unread_is_abandoned(telemetry: Telemetry, client: 
     raw = client.chat.completions.with_raw_response.create(**chat_kwargs())
     raw.http_response.close()
     del raw
-    gc.collect()
+    settle()
     assert outcomes(telemetry) == {"abandoned": 1}
     assert_clean(telemetry)
 

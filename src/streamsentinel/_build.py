@@ -41,12 +41,14 @@ def default_sinks(options: dict[str, Any]) -> list[Any]:
     from .instrumentation._otel_trace import OTelTraceSink
     from .instrumentation._prometheus import prometheus_sink
     from .instrumentation._structlog import StructlogSink
+    from .testing import CAPTURE_SINK
 
     return [
         OTelTraceSink(options.get("tracer_provider"), version=_version()),
         prometheus_sink(options.get("registry")),
         OTelMetricsSink(options.get("meter_provider")),
         StructlogSink(debug_enabled),
+        CAPTURE_SINK,  # streamsentinel.testing.capture()
     ]
 
 

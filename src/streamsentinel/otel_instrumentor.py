@@ -6,8 +6,9 @@ Registered under the ``opentelemetry_instrumentor`` entry-point group as ``opena
 under one ``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS`` switch. Disable this one with
 ``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=openai_streams``.
 
-Options other than ``tracer_provider`` come from the ``STREAMSENTINEL_*`` variables
-(:mod:`streamsentinel.config`). Metrics go to the global Prometheus registry; nothing is served
+``tracer_provider`` and ``meter_provider`` (what ``opentelemetry-instrument`` passes) are used;
+other options come from the ``STREAMSENTINEL_*`` variables. Prometheus metrics go to the global
+registry; nothing is served
 unless the application calls :func:`streamsentinel.start_metrics_server` (or runs under
 ``streamsentinel run``).
 """
@@ -21,6 +22,7 @@ from typing import Any
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 
 import streamsentinel
+from streamsentinel._sdk.compat import SUPPORTED
 
 __all__ = ["StreamSentinelInstrumentor"]
 
@@ -30,10 +32,12 @@ class StreamSentinelInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     :func:`streamsentinel.instrument`; ``.uninstrument()`` is :func:`streamsentinel.uninstrument`."""
 
     def instrumentation_dependencies(self) -> Collection[str]:
-        return ("openai >= 3.51, < 4",)
+        return (SUPPORTED,)
 
     def _instrument(self, **kwargs: Any) -> None:
-        streamsentinel.instrument(tracer_provider=kwargs.get("tracer_provider"))
+        streamsentinel.instrument(
+            tracer_provider=kwargs.get("tracer_provider"), meter_provider=kwargs.get("meter_provider")
+        )
 
     def _uninstrument(self, **kwargs: Any) -> None:
         streamsentinel.uninstrument()

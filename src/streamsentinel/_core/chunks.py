@@ -198,8 +198,8 @@ _RESPONSES_PREAMBLE = frozenset(
         "response.failed",
     }
 )
-# Chat delta fields that carry no output when set alone.
-_EMPTY = (None, "")
+# Values of a chat delta field that carry nothing.
+_EMPTY: tuple[object, ...] = (None, "", [])
 
 
 def _chat_preamble(item: Any) -> bool:
@@ -213,16 +213,14 @@ def _chat_preamble(item: Any) -> bool:
             return True
         return item.usage is None and (not extra or set(extra) <= {"prompt_filter_results"})
     for choice in choices:
-        delta = choice.delta
-        if (
-            choice.finish_reason is not None
-            or delta.content not in _EMPTY
-            or delta.tool_calls
-            or delta.function_call is not None
-            or delta.refusal not in _EMPTY
-            or delta.model_extra
-        ):
+        if choice.finish_reason is not None:
             return False
+        delta = choice.delta
+        if delta.model_extra:
+            return False
+        for name, value in vars(delta).items():  # declared fields: any set beside the role is output
+            if name != "role" and value not in _EMPTY:
+                return False
     return True
 
 

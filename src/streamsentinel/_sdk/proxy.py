@@ -69,6 +69,8 @@ class _SyncDriver:
 
     def __next__(self) -> Any:
         ctl = self.ctl
+        if ctl.out:  # released or flushed items go first
+            return ctl.out.popleft()
         while ctl.final is None:
             timed = ctl.rt.watchdog.enabled
             if timed:
@@ -114,6 +116,8 @@ class _AsyncDriver:
 
     async def __anext__(self) -> Any:
         ctl = self.ctl
+        if ctl.out:  # released or flushed items go first
+            return ctl.out.popleft()
         while ctl.final is None:
             timed = ctl.rt.watchdog.enabled
             if timed:

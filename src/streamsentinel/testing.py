@@ -1,0 +1,105 @@
+"""Helpers for testing a service that streams through streamsentinel (as ``structlog.testing``).
+
+``capture()`` collects the :class:`~streamsentinel.instrumentation.StreamRecord` of every stream
+that ends inside the block, so a test can assert what was recorded without Prometheus::
+
+    import streamsentinel
+    from streamsentinel.testing import capture
+
+    streamsentinel.instrument(on_truncation="record")
+    with capture() as records:
+        for _chunk in client.chat.completions.create(..., stream=True):
+            pass
+    assert [(r.outcome, r.reason) for r in records] == [("truncated", "eof_before_done")]
+
+Records are collected while streamsentinel is instrumented (``instrument()`` adds the capturing
+sink to every runtime); a stream dropped without ``close()`` is ended by a background thread:
+:func:`settle` waits for it.
+"""
+
+from __future__ import annotations
+
+import gc
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from .instrumentation import Event, StreamRecord, StreamStart
+
+__all__ = ["RecordingSink", "capture", "settle"]
+
+
+class RecordingSink:
+    """A sink that keeps every record and event it receives (``records``, ``events``), in order.
+    Pass one to ``instrument(sinks=[...])`` to keep everything, or use :func:`capture`."""
+
+    name = "recording"
+    wants_chunk_gaps = False
+
+    def __init__(self) -> None:
+        self.records: list[StreamRecord] = []
+        self.events: list[Event] = []
+
+    def start(self, stream: StreamStart) -> None:
+        return None
+
+    def event(self, stream: StreamStart | None, event: Event, handle: Any) -> None:
+        self.events.append(event)
+
+    def end(self, record: StreamRecord, handle: Any) -> None:
+        self.records.append(record)
+
+
+class _CaptureSink:
+    """Forwards records to the open ``capture()`` blocks (none open: one list check per stream)."""
+
+    name = "capture"
+    wants_chunk_gaps = False
+
+    def __init__(self) -> None:
+        self.open: list[list[StreamRecord]] = []
+        self._lock = threading.Lock()
+
+    def start(self, stream: StreamStart) -> None:
+        return None
+
+    def event(self, stream: StreamStart | None, event: Event, handle: Any) -> None:
+        return None
+
+    def end(self, record: StreamRecord, handle: Any) -> None:
+        if self.open:
+            with self._lock:
+                for records in self.open:
+                    records.append(record)
+
+
+CAPTURE_SINK = _CaptureSink()
+"""The capturing sink every ``instrument()`` adds (private)."""
+
+
+@contextmanager
+def capture() -> Iterator[list[StreamRecord]]:
+    """Collect the records of the streams that end inside the block (in the order they end)."""
+    records: list[StreamRecord] = []
+    with CAPTURE_SINK._lock:
+        CAPTURE_SINK.open.append(records)
+    try:
+        yield records
+    finally:
+        settle()
+        with CAPTURE_SINK._lock:
+            CAPTURE_SINK.open.remove(records)
+
+
+def settle(timeout: float = 30.0) -> None:
+    """Collect garbage and wait until streams dropped without ``close()`` have been recorded.
+
+    Raises:
+        TimeoutError: they were not recorded within ``timeout`` seconds.
+    """
+    from ._core.reaper import REAPER
+
+    gc.collect()
+    if not REAPER.drain(timeout):
+        raise TimeoutError(f"abandoned streams were not recorded within {timeout} s")
