@@ -62,8 +62,9 @@ class Telemetry:
 
 
 # Observation tests see each stream exactly as the server broke it: streamsentinel's own retries
-# are off unless a test turns them on (tests/test_retries.py).
-OBSERVE_ONLY: dict[str, Any] = {"retry_attempts": 1}
+# are off unless a test turns them on (tests/test_retries.py), and a missing [DONE] is always a
+# truncation (the fault server sends it; tests/test_done_marker.py covers the other policies).
+OBSERVE_ONLY: dict[str, Any] = {"retry_attempts": 1, "done_marker": "strict"}
 
 
 def make_telemetry(**options: Any) -> Telemetry:
@@ -111,16 +112,9 @@ def uncache_streamsentinel_loggers() -> None:
     ``test_demo.py``) makes each proxy keep its first bound logger for good; ``reset_defaults()`` does
     not undo that, so later ``capture_logs()`` blocks would never see streamsentinel's events.
     """
-    from streamsentinel._core import config, emit, lifecycle
-    from streamsentinel._resilience import breaker
-    from streamsentinel._sdk import hooks
+    from streamsentinel._core import log
 
-    proxies = [m._log for m in (config, emit, lifecycle, breaker, hooks)]
-    runtime = streamsentinel._runtime()
-    if runtime is not None:
-        proxies += [s._log for s in runtime.emitter.sinks if hasattr(s, "_log")]
-    for proxy in proxies:
-        vars(proxy).pop("bind", None)
+    vars(log.STRUCTLOG).pop("bind", None)
 
 
 def settle() -> None:

@@ -60,6 +60,9 @@ def test_azure_stream_is_observed_like_any_other(azure_server: ChaosServer, tele
     assert telemetry.value("openai_stream_time_to_first_token_seconds_count", **labels) == 1
     record = azure_server.wait_for_records(1)[0]
     assert record.path == f"/openai/deployments/{DEPLOYMENT}/chat/completions"
+    # Semconv: the provider of an Azure client is azure.ai.openai.
+    attributes = telemetry.only_span().attributes or {}
+    assert attributes["gen_ai.provider.name"] == "azure.ai.openai"
 
 
 def test_azure_items_equal_the_plain_sdk(azure_server: ChaosServer) -> None:
@@ -92,6 +95,7 @@ async def test_async_azure(azure_server: ChaosServer, telemetry: Telemetry) -> N
         items = [item async for item in stream]
     assert len(items) == ITEMS
     assert telemetry.by("openai_stream_requests_total", "outcome", model=DEPLOYMENT) == {"completed": 1}
+    assert (telemetry.only_span().attributes or {})["gen_ai.provider.name"] == "azure.ai.openai"
 
 
 def test_azure_retry_after_header_is_read() -> None:

@@ -1,5 +1,5 @@
 """``with_raw_response`` / ``with_streaming_response`` wrappers the SDK built (and cached) before
-``instrument()`` hold the original ``create``: the ``_process_response`` catch-all observes their
+``instrument()`` hold the original ``create``: the SDK's ``request`` hook observes their
 streams late, once, without double-counting the normal patched path."""
 
 from __future__ import annotations
@@ -126,16 +126,16 @@ def test_non_stream_call_is_not_observed_late(prebuilt: tuple[openai.OpenAI, Tel
     assert telemetry.spans() == ()
 
 
-def test_uninstrument_restores_process_response() -> None:
+def test_uninstrument_restores_request() -> None:
     from openai._base_client import AsyncAPIClient, SyncAPIClient
 
     streamsentinel.uninstrument()
-    pristine = (SyncAPIClient.__dict__["_process_response"], AsyncAPIClient.__dict__["_process_response"])
+    pristine = (SyncAPIClient.__dict__["request"], AsyncAPIClient.__dict__["request"])
     reinstrument()
-    assert SyncAPIClient.__dict__["_process_response"] is not pristine[0]
+    assert SyncAPIClient.__dict__["request"] is not pristine[0]
     streamsentinel.uninstrument()
-    assert SyncAPIClient.__dict__["_process_response"] is pristine[0]
-    assert AsyncAPIClient.__dict__["_process_response"] is pristine[1]
+    assert SyncAPIClient.__dict__["request"] is pristine[0]
+    assert AsyncAPIClient.__dict__["request"] is pristine[1]
 
 
 async def test_prebuilt_async_raw_response_is_observed(

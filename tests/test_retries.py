@@ -23,7 +23,7 @@ import pytest
 import structlog
 
 import streamsentinel
-from streamsentinel import StreamTruncatedError
+from streamsentinel import StreamTimeoutError, StreamTruncatedError
 from streamsentinel._sdk import proxy
 from streamsentinel.chaos import ChaosServer, Fault, FaultPlan, FaultSpec
 
@@ -610,7 +610,12 @@ async def test_stall_after_output_is_classified_and_not_retried(
     server = scripted(FaultSpec(fault=Fault.STALL_MID_STREAM, after=after, stall_seconds=STALL_SECONDS), OK)
     seen = await consume(mode, server, api)  # client read timeout 10 s: the watchdog ends it
 
-    assert type(seen.exc) is openai.APIConnectionError, repr(seen.exc)
+    # An SDK timeout that says which of streamsentinel's settings ran out (not a "connection error").
+    assert type(seen.exc) is StreamTimeoutError, repr(seen.exc)
+    assert isinstance(seen.exc, openai.APITimeoutError)
+    assert (seen.exc.kind, seen.exc.timeout) == ("stall", WATCHDOG)
+    assert "stall_timeout=0.3 s" in str(seen.exc)
+    assert type(seen.exc.__cause__) is openai.APIConnectionError
     assert dumps(seen.items) == clean[api][0][:after]
     records = server.wait_for_records(1)
     assert [r.fault for r in records] == [Fault.STALL_MID_STREAM]

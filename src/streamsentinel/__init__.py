@@ -14,13 +14,13 @@ Every other module is private.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ._core.config import ChunkEvents, OnTruncation
 from ._resilience.breaker_config import BreakerConfig, SlidingWindowType, State
 from ._resilience.resume import ResumeStrategy
-from .errors import CircuitOpenError, StreamDivergedError, StreamTruncatedError
+from .errors import CircuitOpenError, StreamDivergedError, StreamTimeoutError, StreamTruncatedError
 from .metrics_server import start_metrics_server
 
 if TYPE_CHECKING:
@@ -37,6 +37,7 @@ __all__ = [
     "SlidingWindowType",
     "State",
     "StreamDivergedError",
+    "StreamTimeoutError",
     "StreamTruncatedError",
     "__version__",
     "instrument",
@@ -81,6 +82,7 @@ def instrument(
     first_token_timeout: float | None = None,
     stall_timeout: float | None = None,
     resume: ResumeStrategy | None = None,
+    done_marker: str | Mapping[str, str] | None = None,
     breaker: BreakerConfig | None = None,
     breaker_key: BreakerKey | None = None,
     breaker_fallback: Fallback | None = None,
@@ -115,6 +117,11 @@ def instrument(
         first_token_timeout: seconds from a request to its first output item (0: off).
         stall_timeout: longest gap between items, seconds (0: off).
         resume: after output started, ``"replay"``, ``"responses"`` or ``"off"`` (default).
+        done_marker: whether a chat/completions stream that ends after every finish reason but
+            without ``data: [DONE]`` is a truncation: ``"strict"`` (yes), ``"lenient"`` (no: some
+            OpenAI-compatible servers never send it) or ``"auto"`` (default: lenient for a server
+            until it has sent ``[DONE]`` once, strict after); or a mapping of server host to policy
+            (key ``"*"``: the others).
         breaker: the circuit breaker's ``BreakerConfig`` (default: ``STREAMSENTINEL_BREAKER_*``
             variables over Resilience4j's defaults).
         breaker_key: ``(operation, server, model, request kwargs) -> key`` choosing the breaker

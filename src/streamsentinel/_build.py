@@ -7,10 +7,13 @@ built-in sink is one line in :func:`default_sinks`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from ._core.config import breaker_config, resolve
-from ._core.lifecycle import Runtime, debug_enabled
+from ._core.done_marker import POLICIES
+from ._core.lifecycle import Runtime
+from ._core.log import debug_enabled
 
 _NOT_SETTINGS = frozenset(
     {
@@ -22,6 +25,7 @@ _NOT_SETTINGS = frozenset(
         "breaker_key",
         "breaker_fallback",
         "breaker_store",
+        "done_marker",
     }
 )
 
@@ -58,7 +62,19 @@ def build_runtime(options: dict[str, Any]) -> Runtime:
     Raises:
         TypeError, ValueError: an invalid option, or a metric name taken in the registry.
     """
-    settings = resolve({k: v for k, v in options.items() if k not in _NOT_SETTINGS})
+    done_marker = options.get("done_marker")
+    by_server: dict[str, str] = {}
+    settings_options = {k: v for k, v in options.items() if k not in _NOT_SETTINGS}
+    if isinstance(done_marker, Mapping):
+        by_server = {str(k): str(v) for k, v in done_marker.items() if k != "*"}
+        if "*" in done_marker:
+            settings_options["done_marker"] = done_marker["*"]
+    elif done_marker is not None:
+        settings_options["done_marker"] = done_marker
+    settings = resolve(settings_options)
+    for server, policy in by_server.items():
+        if policy not in POLICIES:
+            raise ValueError(f"done_marker[{server!r}]={policy!r}: expected one of {', '.join(POLICIES)}")
     breaker = breaker_config(options.get("breaker"))
     sinks = [*default_sinks(options), *options.get("sinks", ())]
     return Runtime(
@@ -68,4 +84,5 @@ def build_runtime(options: dict[str, Any]) -> Runtime:
         breaker_key=options.get("breaker_key"),
         breaker_fallback=options.get("breaker_fallback"),
         breaker_store=options.get("breaker_store"),
+        done_marker_servers=by_server,  # type: ignore[arg-type]  # checked against POLICIES
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx2
 import openai
 
-__all__ = ["CircuitOpenError", "StreamDivergedError", "StreamTruncatedError"]
+__all__ = ["CircuitOpenError", "StreamDivergedError", "StreamTimeoutError", "StreamTruncatedError"]
 
 
 class StreamTruncatedError(openai.APIConnectionError):
@@ -47,6 +47,29 @@ class StreamTruncatedError(openai.APIConnectionError):
         self.chunks_received = chunks_received
         self.partial_text = partial_text
         self.request_id = request_id
+
+
+class StreamTimeoutError(openai.APITimeoutError):
+    """streamsentinel's own ``first_token_timeout`` or ``stall_timeout`` ran out, and it closed the
+    stream (the SDK then saw a connection cut, which is ``__cause__``).
+
+    A subclass of ``openai.APITimeoutError``: code that handles the SDK's timeouts handles this.
+
+    Attributes:
+        kind: ``first_token_timeout`` or ``stall`` (the truncation reason recorded).
+        timeout: the setting that ran out, seconds.
+    """
+
+    def __init__(self, *, kind: str, timeout: float, request: httpx2.Request) -> None:
+        setting = "first_token_timeout" if kind == "first_token_timeout" else "stall_timeout"
+        waited = "for the first token" if kind == "first_token_timeout" else "between two chunks"
+        openai.APIConnectionError.__init__(
+            self,
+            message=f"streamsentinel {setting}={timeout:g} s ran out waiting {waited}; it closed the stream",
+            request=request,
+        )
+        self.kind = kind
+        self.timeout = timeout
 
 
 class CircuitOpenError(openai.APIConnectionError):

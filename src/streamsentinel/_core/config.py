@@ -20,6 +20,7 @@ invalid environment value never breaks the host: it is logged once and the defau
 | ``first_token_timeout`` | ``STREAMSENTINEL_FIRST_TOKEN_TIMEOUT`` | seconds >= 0 (0: off) | ``0`` |
 | ``stall_timeout`` | ``STREAMSENTINEL_STALL_TIMEOUT`` | seconds >= 0 (0: off) | ``0`` |
 | ``resume`` | ``STREAMSENTINEL_RESUME`` | ``off``, ``replay``, ``responses`` | ``off`` |
+| ``done_marker`` | ``STREAMSENTINEL_DONE_MARKER`` | ``auto``, ``strict``, ``lenient`` | ``auto`` |
 
 The circuit breaker's settings come as one ``BreakerConfig`` (option ``breaker``) or as
 ``STREAMSENTINEL_BREAKER_<FIELD>`` variables, one per field (see :func:`breaker_config`).
@@ -33,17 +34,17 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
-import structlog
-
 from .._resilience.breaker_config import DEFAULT_CONFIG as DEFAULT_BREAKER
 from .._resilience.breaker_config import BreakerConfig
 from .._resilience.resume import ResumeStrategy
+from .done_marker import DoneMarker
+from .log import log
 
 OnTruncation = Literal["raise", "record"]
 ChunkEvents = Literal["anomalies", "all", "none"]
 
 _T = TypeVar("_T")
-_log = structlog.get_logger("streamsentinel")
+_log = log
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +66,7 @@ class Settings:
     first_token_timeout: float = 0.0
     stall_timeout: float = 0.0
     resume: ResumeStrategy = "off"
+    done_marker: DoneMarker = "auto"
 
 
 def parse_bool(raw: str) -> bool:
@@ -120,6 +122,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "first_token_timeout": _bounded(float, 0.0),
     "stall_timeout": _bounded(float, 0.0),
     "resume": _choice("off", "replay", "responses"),
+    "done_marker": _choice("auto", "strict", "lenient"),
 }
 
 

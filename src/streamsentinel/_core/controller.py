@@ -39,6 +39,7 @@ from .taxonomy import (
     classify_request_exception,
     classify_stream_exception,
     end_failure,
+    given_up_failure,
     is_cancellation,
     outcome_of,
     watchdog_failure,
@@ -174,12 +175,27 @@ class StreamController(Reopening):
                 self._end_with(self._divergence(short))
                 return None
         try:
-            complete = self.s.complete(self.stream.operation)
+            complete = self._done_marker(self.s.complete(self.stream.operation))
             failure = end_failure(complete, self.s.in_stream_failure(), self.s.silent_reason())
         except Exception as exc:
             self.rt.errors("classify", exc)
             complete, failure = True, None
         return self._after(failure, None, complete)
+
+    def _done_marker(self, complete: bool) -> bool:
+        """Apply the server's ``[DONE]`` policy (``done_marker.py``) to a chat/completions stream."""
+        s, stream = self.s, self.stream
+        wire = s.wire
+        if wire is None or stream.operation == "responses":
+            return complete
+        if wire.done:
+            self.rt.done_markers.saw_done(stream.server)
+            return complete
+        choices = int(dict(stream.params).get("n", 1))
+        if s.in_stream_error is None and s.all_finished(choices):
+            accepted: bool = self.rt.done_markers.accepts_missing(stream.server)
+            return accepted
+        return complete
 
     def on_error(self, exc: BaseException) -> float | None:
         """The SDK raised while the consumer iterated: a cancellation propagates at once; a failure
@@ -222,7 +238,10 @@ class StreamController(Reopening):
         return None
 
     def _end_failed(self, failure: Failure, exc: BaseException | None, complete: bool) -> None:
-        if exc is not None:
+        kind = self.s.timeout_kind
+        if exc is not None and kind is not None and isinstance(exc, openai.APIConnectionError):
+            self._end_with(self._timed_out(kind, exc))  # our watchdog cut it: say so
+        elif exc is not None:
             self._end_with(exc)  # what the SDK raised, unchanged
         elif not complete and self.rt.settings.on_truncation == "raise":
             self._end_with(self._truncated(failure))
@@ -262,18 +281,28 @@ class StreamController(Reopening):
         self._finish("failed", failure)
 
     def on_close(self) -> None:
-        """The consumer closed or dropped the stream: ``completed`` if the answer was already whole,
-        else ``abandoned``."""
+        """The consumer closed, dropped or cancelled the stream: a failure if the server had sent an
+        error event or a read had stalled (``taxonomy.given_up_failure``); else ``completed`` if
+        the answer was already whole, else ``abandoned``."""
         if self.ended:
             return
+        s = self.s
         try:
-            outcome = abandon_outcome(
-                self.s.complete(self.stream.operation, closed_early=True), self.s.in_stream_failure()
-            )
+            pending = perf_counter() - s.read_at if s.read_at else 0.0
+            failure = given_up_failure(s.in_stream_failure(), pending, self.rt.stall_threshold)
+            if failure is not None:
+                self._note_stall(failure)
+                self._finish(outcome_of(failure, s.payload_chunks > 0), failure)
+                return
+            outcome = abandon_outcome(s.complete(self.stream.operation, closed_early=True), None)
         except Exception as exc:
             self.rt.errors("classify", exc)
             outcome = "abandoned"
         self._finish(outcome, None)
+
+    def _note_stall(self, failure: Failure) -> None:
+        if failure.reason == "stall":
+            self.s.events.append(GapEvent(perf_counter() - self.start, perf_counter() - self.s.read_at))
 
     def raw_ended(self, exc: BaseException | None) -> None:
         """A raw body (not decoded by the SDK) was read to its end (``exc`` None) or broke."""
@@ -296,6 +325,13 @@ class StreamController(Reopening):
         self.rt.emitter.discard(self.stream, self.handles)
 
     # -- classification helpers --------------------------------------------------------------------
+
+    def _timed_out(self, kind: str, cause: BaseException) -> BaseException:
+        settings = self.rt.settings
+        timeout = settings.first_token_timeout if kind == "first_token_timeout" else settings.stall_timeout
+        error = errors.StreamTimeoutError(kind=kind, timeout=timeout, request=self._request())
+        error.__cause__ = cause
+        return error
 
     def _request(self) -> Any:
         try:

@@ -16,12 +16,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import structlog
-
 from ..instrumentation._data import Event, StreamRecord, StreamStart
+from .log import log
 
-LOGGER_NAME = "streamsentinel"
-_log = structlog.get_logger(LOGGER_NAME)
+_log = log
 _PACKAGE = str(Path(__file__).resolve().parents[1])
 _NO_HANDLES: tuple[Any, ...] = ()
 

@@ -8,7 +8,6 @@ context of a plain call. Everything after that is the controller's. The SDK laye
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -16,7 +15,6 @@ from time import perf_counter
 from typing import Any
 
 import httpx2
-import structlog
 
 from .._resilience.breaker_config import BreakerConfig
 from .._resilience.circuit import BreakerKey, Circuits, Fallback
@@ -30,13 +28,15 @@ from .chunks import PREAMBLE, READERS
 from .config import Settings
 from .context import IN_FALLBACK
 from .controller import StreamController
-from .emit import LOGGER_NAME, Emitter, InternalErrors
+from .done_marker import DoneMarker, DoneMarkers
+from .emit import Emitter, InternalErrors
+from .log import debug_enabled
+from .log import log as _log
 from .reaper import REAPER
 from .taxonomy import Operation
 
 OTHER = "_other"
-_PARAMS = ("max_tokens", "max_completion_tokens", "max_output_tokens", "temperature", "top_p")
-_log = structlog.get_logger(LOGGER_NAME)
+_PARAMS = ("max_tokens", "max_completion_tokens", "max_output_tokens", "temperature", "top_p", "n")
 
 
 class BoundedLabel:
@@ -57,19 +57,6 @@ class BoundedLabel:
                 return OTHER
             self._seen.add(value)
             return value
-
-
-def debug_enabled() -> bool:
-    """Whether streamsentinel's DEBUG events would be emitted: asked once per stream, never per
-    chunk, never cached across streams (a reconfiguration takes effect at once)."""
-    if not structlog.is_configured():
-        return False
-    try:
-        logger = _log.bind()
-        is_enabled_for = getattr(logger, "is_enabled_for", None) or getattr(logger, "isEnabledFor", None)
-        return bool(is_enabled_for(logging.DEBUG)) if is_enabled_for is not None else True
-    except Exception:
-        return False
 
 
 def _params(request: Mapping[str, Any]) -> tuple[tuple[str, float], ...]:
@@ -93,6 +80,7 @@ class Runtime:
         breaker_key: BreakerKey | None = None,
         breaker_fallback: Fallback | None = None,
         breaker_store: BreakerStore | None = None,
+        done_marker_servers: Mapping[str, DoneMarker] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
@@ -101,6 +89,9 @@ class Runtime:
         self.readers = READERS
         self.preambles = PREAMBLE
         self.gap_alert = settings.gap_anomaly_seconds
+        # A read a consumer gave up on after this long was a stall (the stall timeout, else the gap
+        # that is an anomaly).
+        self.stall_threshold = settings.stall_timeout or settings.gap_anomaly_seconds
         self.chunk_extras = settings.chunk_events == "all"
         self.policy = RetryPolicy(
             attempts=settings.retry_attempts,
@@ -118,6 +109,9 @@ class Runtime:
         self.watchdog = Watchdog(settings.first_token_timeout or None, settings.stall_timeout or None)
         self.circuits = Circuits(
             breaker, self._breaker_event, key=breaker_key, fallback=breaker_fallback, store=breaker_store
+        )
+        self.done_markers = DoneMarkers(
+            settings.done_marker, done_marker_servers or {}, lambda event: self.emitter.event(None, event)
         )
         self._model_label = BoundedLabel(settings.max_model_labels)
         self._server_label = BoundedLabel(settings.max_model_labels)

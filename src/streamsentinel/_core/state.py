@@ -130,6 +130,11 @@ class StreamState:
             closed_early=closed_early,
         )
 
+    def all_finished(self, choices: int) -> bool:
+        """Every one of ``choices`` choices reported its finish reason."""
+        reasons = self.finish_reasons
+        return bool(reasons) and all(i in reasons for i in range(choices))
+
     def in_stream_failure(self) -> Failure | None:
         """The failure of an error event the SDK yielded as an item, if one came."""
         error = self.in_stream_error

@@ -307,6 +307,20 @@ def outcome_of(failure: Failure | None, payload_delivered: bool) -> Outcome:
     return "truncated" if payload_delivered else "failed"
 
 
+def given_up_failure(
+    in_stream: Failure | None, pending_read: float, stall_threshold: float
+) -> Failure | None:
+    """The failure of a stream the consumer closed, dropped or cancelled: an error event the
+    server sent (a failure whatever the consumer does next), else a read that had been waiting
+    ``pending_read`` seconds (0.0: none) for at least ``stall_threshold`` (a stall: e.g. a
+    framework's own chunk timeout gave up on it), else None (a plain abandon)."""
+    if in_stream is not None:
+        return in_stream
+    if stall_threshold > 0.0 and pending_read >= stall_threshold:
+        return watchdog_failure("stall")
+    return None
+
+
 def abandon_outcome(complete: bool, in_stream: Failure | None) -> Outcome:
     """The consumer closed or dropped the stream: ``completed`` if the answer was already whole
     (terminal marker seen, no error event), else ``abandoned`` (never a failure)."""

@@ -57,8 +57,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 
-import structlog
-
+from .._core.log import log
 from .breaker_config import (
     DEFAULT_CONFIG,
     INITIAL_STATE,
@@ -71,7 +70,7 @@ from .breaker_config import (
 )
 from .breaker_window import CountWindow, SlidingWindow, TimeWindow, WindowTotals
 
-_log = structlog.get_logger("streamsentinel")
+_log = log
 
 _Event = Callable[[BreakerListener], None]
 
@@ -339,22 +338,24 @@ class CircuitBreaker:
                     for listener in self._listeners:
                         try:
                             event(listener)
-                        except Exception:
-                            self._listener_failed(listener)
+                        except Exception as exc:
+                            self._listener_failed(listener, exc)
             finally:
                 self._dispatching.release()
 
-    def _listener_failed(self, listener: BreakerListener) -> None:
+    def _listener_failed(self, listener: BreakerListener, exc: Exception) -> None:
         """Log a listener's first exception only (``_dispatching`` is held): listeners run once per
-        result, and a traceback per call would cost more than the call's bookkeeping."""
+        result. Its type and message, never a traceback (frame locals may hold requests)."""
         if id(listener) in self._broken_listeners:
             return
         self._broken_listeners.add(id(listener))
         try:
-            _log.exception(
+            _log.error(
                 "breaker.listener_error",
                 breaker=self.name,
                 listener=type(listener).__name__,
+                error_type=type(exc).__qualname__,
+                error=str(exc)[:200],
                 note="logged once per listener; later exceptions are swallowed silently",
             )
         except Exception:

@@ -32,7 +32,7 @@ SUPPORTED = "openai >= 3.51, < 4"
 BASE_CLIENT = "openai._base_client"
 SEND_REQUEST = "_send_request"  # Sync/AsyncAPIClient: every HTTP attempt
 SLEEP_FOR_RETRY = "_sleep_for_retry"  # Sync/AsyncAPIClient: each SDK retry (retries_taken, response)
-PROCESS_RESPONSE = "_process_response"  # Sync/AsyncAPIClient: the response of any request
+REQUEST = "request"  # Sync/AsyncAPIClient: every request (cast_to, options, *, stream, stream_cls)
 MAKE_SSE_DECODER = "_make_sse_decoder"  # BaseClient: the SSE decoder of every Stream
 
 RAW_RESPONSE_HEADER = "X-Stainless-Raw-Response"
@@ -112,9 +112,16 @@ def without_raw_header(kwargs: dict[str, Any]) -> dict[str, Any]:
     return {**kwargs, "extra_headers": headers}
 
 
-def late_request(kwargs: Mapping[str, Any]) -> tuple[str, Any]:
-    """``(url, json body)`` of a ``_process_response`` call (its ``options``)."""
-    options = kwargs["options"]
+def is_raw_options(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> bool:
+    """Whether a ``request(cast_to, options, ...)`` call is a raw-response one (its headers)."""
+    options = kwargs["options"] if "options" in kwargs else args[1]
+    headers = options.headers
+    return bool(headers) and is_raw_request({"extra_headers": headers})
+
+
+def request_target(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> tuple[str, Any]:
+    """``(url, json body)`` of a ``request(cast_to, options, ...)`` call (its ``FinalRequestOptions``)."""
+    options = kwargs["options"] if "options" in kwargs else args[1]
     return str(options.url), options.json_data
 
 

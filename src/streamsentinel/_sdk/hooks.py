@@ -18,14 +18,13 @@ import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import structlog
-
 from .._core.context import CURRENT, IN_FALLBACK
 from .._core.controller import StreamController
-from .._core.emit import LOGGER_NAME
 from .._core.lifecycle import Runtime
+from .._core.log import log as _log
 from .._core.ratelimit import json_or_none
 from . import compat
+from .body import apreread, preread
 from .patching import original, patch, remove
 from .proxy import ObservedAsyncStream, ObservedStream, adopt
 from .raw import observe_raw
@@ -48,7 +47,6 @@ ENTRY_POINTS: tuple[tuple[str, str, str, str], ...] = (
 )
 
 _runtime: Runtime | None = None
-_log = structlog.get_logger(LOGGER_NAME)
 
 
 def set_runtime(runtime: Runtime | None) -> None:
@@ -216,8 +214,8 @@ def _plain_call(operation: Any, instance: Any, kwargs: Mapping[str, Any]) -> Any
 # -- the private hooks ------------------------------------------------------------------------------
 
 
-def _response_seen(call: Any, response: Any) -> None:
-    body = json_or_none(response.content) if response.status_code == 429 and response.is_closed else None
+def _response_seen(call: Any, response: Any, readable: bool) -> None:
+    body = json_or_none(response.content) if readable else None
     call.on_response(response.status_code, response.headers, body)
 
 
@@ -235,12 +233,8 @@ def _send(is_async: bool) -> _Wrapper:
         except BaseException as exc:
             call.on_transport_error(exc)
             raise
-        if response.status_code == 429:
-            try:
-                response.read()  # small JSON error body: tells requests/tokens/quota apart
-            except Exception:
-                pass
-        _response_seen(call, response)
+        readable = response.status_code == 429 and preread(response)  # tells requests/tokens/quota apart
+        _response_seen(call, response, readable)
         return response
 
     async def async_send(
@@ -254,12 +248,8 @@ def _send(is_async: bool) -> _Wrapper:
         except BaseException as exc:
             call.on_transport_error(exc)
             raise
-        if response.status_code == 429:
-            try:
-                await response.aread()
-            except Exception:
-                pass
-        _response_seen(call, response)
+        readable = response.status_code == 429 and await apreread(response)
+        _response_seen(call, response, readable)
         return response
 
     return async_send if is_async else sync_send

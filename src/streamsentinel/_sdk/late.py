@@ -1,9 +1,12 @@
-"""Late observation and helper streams.
+"""Streams whose call bypassed the entry wrappers, and helper streams.
 
-``_process_response`` sees the response of every request: a stream whose ``create()`` ran without
-our entry wrapper (a ``with_raw_response``/``with_streaming_response`` wrapper the SDK built before
-``instrument()`` holds the SDK's original bound method) is observed from there, late: no breaker,
-no retries, and the time before the response headers is not in its duration.
+Every request of the SDK goes through ``SyncAPIClient.request``/``AsyncAPIClient.request``. A
+streaming request that no entry wrapper opened is observed from there, from the request on: a
+``create`` captured before ``instrument()`` (``instructor.from_openai(client)``, a
+``with_raw_response`` wrapper the SDK built early), or the SDK's low-level
+``client.post(..., stream=True)`` (litellm). Its HTTP errors, 429s and SDK retries are counted,
+its breaker asked and its retries made like any other; only a breaker fallback is not served (no
+``create`` to call with another model).
 
 The SDK's stream helpers (``chat.completions.stream()``, ``responses.stream()``) close the HTTP
 response directly, never the stream we returned: their ``close()`` ends our observation too.
@@ -36,45 +39,75 @@ def late_operation(url: str) -> str | None:
     return "responses" if last and head.endswith("/responses") else None
 
 
-def _late(
-    rt: Any, wrap: Callable[[Any, Any], Any], client: Any, kwargs: Mapping[str, Any], result: Any
-) -> Any:
-    """Observe a stream no entry wrapper opened. Any failure here hands back the SDK's result."""
+def _begin(rt: Any, client: Any, wrapped: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """``(controller, request body)`` for a streaming request no entry wrapper opened, else None."""
+    if kwargs.get("stream") is not True or CURRENT.get() is not None:
+        return None
     try:
-        url, body = compat.late_request(kwargs)
+        url, body = compat.request_target(args, kwargs)
         operation = late_operation(url)
         if operation is None:
-            return result
+            return None
         request = body if isinstance(body, Mapping) else {}
-        ctl = rt.begin(operation, client.base_url, request, compat.provider(client), reissue=None)
+        # A raw-response request would reissue into a response wrapper, not a stream: no retry.
+        raw = compat.is_raw_options(args, kwargs)
+        ctl = rt.begin(
+            operation,
+            client.base_url,
+            request,
+            compat.provider(client),
+            reissue=None if raw else lambda: wrapped(*args, **kwargs),
+        )
+        return ctl, request
     except Exception as exc:
         rt.errors("late", exc)
-        return result
-    response = kwargs["response"]
-    ctl.on_response(response.status_code, response.headers, None)
-    return wrap(ctl, result)
+        return None
 
 
 def late_hooks(runtime: Callable[[], Any], wrap: Callable[[Any, Any], Any]) -> None:
-    """Patch ``_process_response`` (sync and async) and the helpers' ``close``."""
+    """Patch ``request`` (sync and async) and the helpers' ``close``."""
 
-    def sync_process(
+    def sync_request(
         wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        result = wrapped(*args, **kwargs)
         rt = runtime()
-        if rt is None or kwargs.get("stream") is not True or CURRENT.get() is not None:
-            return result
-        return _late(rt, wrap, instance, kwargs, result)
+        opened = None if rt is None else _begin(rt, instance, wrapped, args, kwargs)
+        if opened is None:
+            return wrapped(*args, **kwargs)
+        ctl, request = opened
+        rejected = rt.admit(ctl, request)
+        if rejected is not None:
+            raise rejected
+        tokens = ctl.enter()
+        try:
+            result = wrapped(*args, **kwargs)
+        except BaseException as exc:
+            ctl.request_failed(exc)
+            raise
+        finally:
+            ctl.exit(tokens)
+        return wrap(ctl, result)
 
-    async def async_process(
+    async def async_request(
         wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        result = await wrapped(*args, **kwargs)
         rt = runtime()
-        if rt is None or kwargs.get("stream") is not True or CURRENT.get() is not None:
-            return result
-        return _late(rt, wrap, instance, kwargs, result)
+        opened = None if rt is None else _begin(rt, instance, wrapped, args, kwargs)
+        if opened is None:
+            return await wrapped(*args, **kwargs)
+        ctl, request = opened
+        rejected = await rt.admit_async(ctl, request)
+        if rejected is not None:
+            raise rejected
+        tokens = ctl.enter()
+        try:
+            result = await wrapped(*args, **kwargs)
+        except BaseException as exc:
+            ctl.request_failed(exc)
+            raise
+        finally:
+            ctl.exit(tokens)
+        return wrap(ctl, result)
 
     def helper_close(
         wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -92,8 +125,8 @@ def late_hooks(runtime: Callable[[], Any], wrap: Callable[[Any, Any], Any]) -> N
         finally:
             _end_helper(instance)
 
-    patch(compat.BASE_CLIENT, "SyncAPIClient", compat.PROCESS_RESPONSE, sync_process)
-    patch(compat.BASE_CLIENT, "AsyncAPIClient", compat.PROCESS_RESPONSE, async_process)
+    patch(compat.BASE_CLIENT, "SyncAPIClient", compat.REQUEST, sync_request)
+    patch(compat.BASE_CLIENT, "AsyncAPIClient", compat.REQUEST, async_request)
     for module_name, class_name in compat.HELPER_STREAMS:
         patch(
             module_name,

@@ -71,19 +71,19 @@ class _SyncDriver:
         ctl = self.ctl
         if ctl.out:  # released or flushed items go first
             return ctl.out.popleft()
+        s = ctl.s
         while ctl.final is None:
-            timed = ctl.rt.watchdog.enabled
-            if timed:
-                ctl.s.read_at = perf_counter()
+            s.read_at = perf_counter()  # a read is pending (the watchdog, and a consumer giving up)
             try:
                 item = self.next_item()
             except StopIteration:
+                s.read_at = 0.0
                 delay = ctl.on_eof()
             except BaseException as exc:
                 delay = ctl.on_error(exc)
+                s.read_at = 0.0
             else:
-                if timed:
-                    ctl.s.read_at = 0.0
+                s.read_at = 0.0
                 item = ctl.on_item(item)
                 if item is SKIP:
                     continue
@@ -118,19 +118,19 @@ class _AsyncDriver:
         ctl = self.ctl
         if ctl.out:  # released or flushed items go first
             return ctl.out.popleft()
+        s = ctl.s
         while ctl.final is None:
-            timed = ctl.rt.watchdog.enabled
-            if timed:
-                ctl.s.read_at = perf_counter()
+            s.read_at = perf_counter()  # a read is pending (the watchdog, and a consumer giving up)
             try:
                 item = await self.next_item()
             except StopAsyncIteration:
+                s.read_at = 0.0
                 delay = ctl.on_eof()
             except BaseException as exc:
                 delay = ctl.on_error(exc)
+                s.read_at = 0.0
             else:
-                if timed:
-                    ctl.s.read_at = 0.0
+                s.read_at = 0.0
                 item = ctl.on_item(item)
                 if item is SKIP:
                     continue

@@ -22,6 +22,7 @@ __all__ = [
     "BreakerState",
     "BreakerTransition",
     "ChunkEvent",
+    "DoneMarkerEvent",
     "Event",
     "GapEvent",
     "InStreamErrorEvent",
@@ -43,7 +44,8 @@ class StreamStart:
     ``request_model`` and ``server_address`` the raw ones, for spans. ``provider`` is the
     ``gen_ai.provider.name`` value (``openai``, or ``azure.ai.openai`` for Azure clients).
     ``params``: the request's numeric sampling parameters as ``(request key, value)`` pairs
-    (``max_tokens``, ``max_completion_tokens``, ``max_output_tokens``, ``temperature``, ``top_p``).
+    (``max_tokens``, ``max_completion_tokens``, ``max_output_tokens``, ``temperature``, ``top_p``,
+    ``n``).
     """
 
     operation: Operation
@@ -120,6 +122,17 @@ class InStreamErrorEvent:
     at: float
     error_type: ErrorType
     code: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class DoneMarkerEvent:
+    """What a server was seen to do at the end of its streams: ``sends_done`` False once a stream
+    of it ended after every finish reason without ``data: [DONE]``, True once one had it;
+    ``policy``: the ``done_marker`` policy applied to it (``auto``, ``strict``, ``lenient``)."""
+
+    server: str
+    sends_done: bool
+    policy: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,6 +264,7 @@ Event = (
     | RateLimitHeaders
     | ResumeEvent
     | InStreamErrorEvent
+    | DoneMarkerEvent
     | BreakerTransition
     | BreakerState
     | BreakerCall

@@ -44,6 +44,7 @@ _REQUEST_PARAMS = {
     "max_output_tokens": sc.GEN_AI_REQUEST_MAX_TOKENS,
     "temperature": sc.GEN_AI_REQUEST_TEMPERATURE,
     "top_p": sc.GEN_AI_REQUEST_TOP_P,
+    "n": sc.GEN_AI_REQUEST_CHOICE_COUNT,
 }
 
 

@@ -21,6 +21,7 @@ from ._data import (
     BreakerRates,
     BreakerState,
     BreakerTransition,
+    DoneMarkerEvent,
     Event,
     RateLimitEvent,
     RateLimitHeaders,
@@ -148,6 +149,14 @@ class Metrics:
             "Streams continued after output had started (resume=replay|responses), by result "
             "(resumed, diverged, failed).",
             [*b, "strategy", "result"],
+            **kw,
+        )
+        self.server_sends_done = Gauge(
+            "openai_stream_server_sends_done",
+            "Whether the server ends chat/completions streams with data: [DONE] (1) or only with the "
+            "finish reasons (0; see the done_marker option). Absent until a stream of it ended.",
+            ["server"],
+            multiprocess_mode="mostrecent",
             **kw,
         )
         # Circuit breaker (label ``breaker``: the breaker key, bounded by the breaker registry).
@@ -310,7 +319,9 @@ class PrometheusSink:
             elif isinstance(event, ResumeEvent) and event.result != "started":
                 b(m.resumes, event.strategy, event.result).inc()
             return
-        if isinstance(event, BreakerTransition):
+        if isinstance(event, DoneMarkerEvent):
+            m.server_sends_done.labels(event.server).set(1 if event.sends_done else 0)
+        elif isinstance(event, BreakerTransition):
             self._set_state(event.breaker, event.to_state)
             m.circuit_transitions.labels(event.breaker, event.from_state, event.to_state).inc()
         elif isinstance(event, BreakerState):

@@ -1,4 +1,6 @@
-"""The structlog sink: one line per notable moment of a stream, never per chunk unless DEBUG.
+"""The log sink: one line per notable moment of a stream, never per chunk unless DEBUG. Lines go
+to structlog when the application configured it, else to the standard ``logging`` module
+(``streamsentinel._core.log``): never to stdout by streamsentinel itself.
 
 Events: ``stream.started`` and ``stream.chunk`` (DEBUG only), ``stream.retry`` (INFO),
 ``stream.resume`` and ``stream.rate_limited`` (WARNING; ERROR for quota exhaustion, which needs a
@@ -13,12 +15,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import structlog
 from opentelemetry import trace
 
+from .._core.log import log
 from ._data import (
     BreakerTransition,
     ChunkEvent,
+    DoneMarkerEvent,
     Event,
     RateLimitEvent,
     ResumeEvent,
@@ -27,7 +30,6 @@ from ._data import (
     StreamStart,
 )
 
-LOGGER_NAME = "streamsentinel"
 _OPENED = ("open", "forced_open")
 
 
@@ -41,13 +43,13 @@ def _ids(stream: StreamStart) -> dict[str, Any]:
 
 
 class StructlogSink:
-    """Logs through ``structlog.get_logger("streamsentinel")`` (the application's configuration)."""
+    """Logs through logger ``streamsentinel`` (structlog if configured, else ``logging``)."""
 
     name = "structlog"
     wants_chunk_gaps = False
 
     def __init__(self, debug: Any = None) -> None:
-        self._log = structlog.get_logger(LOGGER_NAME)
+        self._log = log
         self._debug = debug  # () -> bool: whether DEBUG lines are wanted (asked once per stream)
 
     def start(self, stream: StreamStart) -> dict[str, Any]:
@@ -59,7 +61,16 @@ class StructlogSink:
     def event(self, stream: StreamStart | None, event: Event, ids: dict[str, Any] | None) -> None:
         log = self._log
         if stream is None:
-            if isinstance(event, BreakerTransition):
+            if isinstance(event, DoneMarkerEvent):
+                if not event.sends_done:
+                    log.warning(
+                        "stream.server_omits_done",
+                        server=event.server,
+                        policy=event.policy,
+                        note="this server ends streams after the finish reasons without data: [DONE]"
+                        + ("; treated as complete" if event.policy != "strict" else "; truncations"),
+                    )
+            elif isinstance(event, BreakerTransition):
                 level = log.warning if event.to_state in _OPENED else log.info
                 level(
                     "circuit.state_changed",
