@@ -105,6 +105,7 @@ def start_service(tmp_path: Path) -> Iterator[Start]:
         assert proc.returncode in (0, -signal.SIGTERM), log.read_text()
         assert "Application shutdown complete" in log.read_text()
         assert reports == []
+        assert "Address already in use" not in log.read_text()  # only run serves /metrics
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,7 @@ class Relayed:
     text: str
     error: str | None
     done: bool
+    pid: str = ""  # the worker process that answered (x-relay-pid)
 
 
 def _chat(port: int, prompt: str, request_id: str) -> Relayed:
@@ -128,6 +130,7 @@ def _chat(port: int, prompt: str, request_id: str) -> Relayed:
     event = "message"
     with urllib.request.urlopen(request, timeout=30) as response:
         assert response.headers.get_content_type() == "text/event-stream"
+        pid = response.headers.get("x-relay-pid", "")
         for raw in response:
             line = raw.decode().rstrip("\r\n")
             if not line:
@@ -142,7 +145,7 @@ def _chat(port: int, prompt: str, request_id: str) -> Relayed:
                     done = True
                 else:
                     text.append(json.loads(data)["content"])
-    return Relayed(request_id, "".join(text), error, done)
+    return Relayed(request_id, "".join(text), error, done, pid)
 
 
 def _prompt(index: int) -> str:
@@ -265,4 +268,45 @@ def test_service_under_opentelemetry_instrument(start_service: Start) -> None:
     assert (cut.error, cut.done) == ("StreamTruncatedError", False)
     assert cut.text  # the deltas before the cut were relayed
     messages = [{"role": "user", "content": "clean"}]
-    assert clean == Relayed("otel-2", chaos.expected_text({"messages": messages}), None, True)
+    assert clean == Relayed("otel-2", chaos.expected_text({"messages": messages}), None, True, clean.pid)
+
+
+MAX_REQUESTS = 3  # per worker process, then the server replaces it
+PREFORK = {
+    "uvicorn": [sys.executable, "-m", "uvicorn", APP, "--host", "127.0.0.1", "--port", "{port}",
+                "--workers", "2", "--limit-max-requests", str(MAX_REQUESTS)],
+    "gunicorn": [_bin("gunicorn"), "--workers", "2", "--worker-class", "uvicorn.workers.UvicornWorker",
+                 "--bind", "127.0.0.1:{port}", "--max-requests", str(MAX_REQUESTS), APP],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("server", sorted(PREFORK))
+def test_prefork_service_under_run_counts_every_worker(start_service: Start, server: str) -> None:
+    """Two workers, each replaced after a few requests: run's /metrics (served by run itself from the
+    multiprocess directory it made) counts every stream of every worker, dead ones included."""
+    if server == "gunicorn":
+        pytest.importorskip("gunicorn")
+    plan = FaultPlan(script=[Fault.NONE, Fault.EOF_CHUNKED] * 100)
+    with ChaosServer(plan=plan, chunks=CHUNKS) as chaos:
+        port, metrics_port = _free_port(), _free_port()
+        argv = [_bin("streamsentinel"), "run", "--metrics-port", str(metrics_port), "--"]
+        argv += [arg.format(port=port) for arg in PREFORK[server]]
+        start_service(argv, _env(chaos, RELAY_MAX_RETRIES="0", STREAMSENTINEL_RETRY_ATTEMPTS="1"), port)
+        # Until three worker processes answered: two at once at most, so one of them was replaced.
+        results: list[Relayed] = []
+        while len({r.pid for r in results}) < 3:
+            assert len(results) < 200, {r.pid for r in results}
+            results.append(_chat(port, f"prefork {len(results)}", f"pf-{len(results)}"))
+        records = chaos.wait_for_records(len(results))
+        scrape = Scrape.fetch(f"http://127.0.0.1:{metrics_port}/metrics")
+
+    assert scrape.total("openai_stream_requests_total") == len(results)
+    assert scrape.by("openai_stream_requests_total", "outcome") == {
+        "completed": sum(r.error is None for r in results),
+        "truncated": sum(r.error == "StreamTruncatedError" for r in results),
+    }
+    assert [r.error for r in results] == [None, "StreamTruncatedError"] * (len(results) // 2) + [None] * (
+        len(results) % 2
+    )
+    assert [row for row in ground_truth_rows(records, scrape) if not row.ok] == []
+    assert scrape.total("openai_stream_in_flight") == 0

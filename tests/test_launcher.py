@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -163,8 +164,8 @@ def test_broken_setting_does_not_stop_the_app(chaos: ChaosServer) -> None:
     env = _env(chaos, STREAMSENTINEL_RETRY_ATTEMPTS="abc")
     proc = _run([*_launcher(), "run", "--metrics-port", "0", "--", sys.executable, "-c", APP], env)
     assert proc.returncode == 0, proc.stderr
-    # Logged once by instrument() (structlog, before the app configured it), default used.
-    assert proc.stdout.count("config.invalid_env") == 1
+    # Logged once by instrument() (through logging, on stderr: structlog was not configured yet).
+    assert proc.stderr.count("config.invalid_env") == 1 and "config.invalid_env" not in proc.stdout
     assert proc.stdout.splitlines()[-2:] == ["StreamTruncatedError", "True"]
     assert _reports(proc.stderr) == []
 
@@ -198,10 +199,11 @@ def test_chains_the_next_sitecustomize(tmp_path: Path, broken: bool) -> None:
 
 
 def test_child_environ_puts_bootstrap_first_once() -> None:
-    env = child_environ({"PYTHONPATH": os.pathsep.join(["/a", BOOTSTRAP_DIR])}, 0, "0.0.0.0")
+    env = child_environ({"PYTHONPATH": os.pathsep.join(["/a", BOOTSTRAP_DIR])})
     assert env["PYTHONPATH"] == os.pathsep.join([BOOTSTRAP_DIR, "/a"])
-    assert (env["STREAMSENTINEL_METRICS_PORT"], env["STREAMSENTINEL_METRICS_ADDR"]) == ("0", "0.0.0.0")
-    assert child_environ({}, 9464, "127.0.0.1")["PYTHONPATH"] == BOOTSTRAP_DIR
+    assert "PROMETHEUS_MULTIPROC_DIR" not in env
+    env = child_environ({}, "/tmp/m")
+    assert (env["PYTHONPATH"], env["PROMETHEUS_MULTIPROC_DIR"]) == (BOOTSTRAP_DIR, "/tmp/m")
 
 
 def test_run_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
@@ -210,3 +212,136 @@ def test_run_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
     assert "command not found" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         run_main(["--metrics-port", "70000", "--", "true"])
+
+
+# Printed by an atexit hook: what a process that never imports openai has loaded at exit.
+HEAVY = """
+import atexit, sys
+HEAVY = ("streamsentinel", "openai", "opentelemetry", "prometheus_client", "structlog", "wrapt", "httpx")
+def loaded():
+    print(sorted({m.split(".")[0] for m in sys.modules if m.split(".")[0] in HEAVY}))
+    print("streamsentinel._core" in sys.modules)
+atexit.register(loaded)
+import json, http.client  # the application's own work
+print(type(sys.modules["sitecustomize"].chained).__name__)
+"""
+
+
+@pytest.mark.parametrize("port", ["0", "free"])
+def test_process_without_openai_loads_nothing_heavy(port: str) -> None:
+    metrics_port = str(_free_port()) if port == "free" else port
+    argv = [*_launcher(), "run", "--metrics-port", metrics_port, "--", sys.executable, "-c", HEAVY]
+    proc = _run(argv, _env())
+    assert (proc.returncode, proc.stdout) == (0, "NoneType\n[]\nFalse\n"), proc.stderr
+    assert _reports(proc.stderr) == []
+
+
+ONCE = """
+import sys
+{imports}
+import streamsentinel
+print(streamsentinel.is_instrumented(), sys.modules["sitecustomize"].instrument_calls)
+"""
+
+
+@pytest.mark.parametrize(
+    "imports",
+    [
+        "import openai",
+        "import openai, streamsentinel",
+        "import streamsentinel",
+        "from streamsentinel import instrument; import openai",
+        "import streamsentinel.testing",
+        "import openai; import importlib; importlib.reload(openai)",
+    ],
+)
+def test_importing_openai_instruments_exactly_once(imports: str) -> None:
+    argv = [*_launcher(), "run", "--metrics-port", "0", "--", sys.executable, "-c"]
+    proc = _run([*argv, ONCE.format(imports=imports)], _env())
+    assert (proc.returncode, proc.stdout) == (0, "True 1\n"), proc.stderr
+    assert _reports(proc.stderr) == []
+
+
+# The application's own options: record truncations instead of raising. Its cut stream ends
+# without an exception and /metrics (served by run) counts the truncation.
+RECORD = """
+import os, sys, urllib.request
+{prelude}
+client = openai.OpenAI(base_url=os.environ["CHAOS_BASE_URL"], api_key="k", max_retries=0, timeout=10)
+stream = client.chat.completions.create(
+    model="m", messages=[{{"role": "user", "content": "hi"}}], stream=True,
+    extra_headers={{"x-chaos-fault": "eof_chunked", "x-chaos-after": "3"}},
+)
+print(sum(1 for _ in stream), streamsentinel.is_instrumented(), sys.modules["sitecustomize"].instrument_calls)
+"""
+
+
+@pytest.mark.parametrize(
+    ("prelude", "bootstrap_calls"),
+    [
+        # instrument() before openai is imported (streamsentinel imports it: the hook fires first)
+        ("import streamsentinel\nstreamsentinel.instrument(on_truncation='record')\nimport openai", 1),
+        # openai first: the hook instruments with the defaults, the app reconfigures
+        ("import openai\nimport streamsentinel\nstreamsentinel.instrument(on_truncation='record')", 1),
+        (
+            "import openai\nimport streamsentinel\nstreamsentinel.instrument(on_truncation='raise')\n"
+            "streamsentinel.instrument(on_truncation='record')",
+            1,
+        ),
+    ],
+    ids=["instrument_first", "openai_first", "reconfigured_twice"],
+)
+def test_app_options_win_under_run(chaos: ChaosServer, prelude: str, bootstrap_calls: int) -> None:
+    port = _free_port()
+    script = RECORD.format(prelude=prelude) + SCRAPE.format(port=port)
+    argv = [*_launcher(), "run", "--metrics-port", str(port), "--", sys.executable, "-c", script]
+    proc = _run(argv, _env(chaos, STREAMSENTINEL_ON_TRUNCATION="raise"))
+    assert (proc.returncode, proc.stdout) == (0, f"3 True {bootstrap_calls}\n1.0\n"), proc.stderr
+    assert _reports(proc.stderr) == []
+
+
+# Under run with a metrics port, the command is run's child: run forwards what it is sent, exits
+# with the command's status and removes the multiprocess directory it made.
+SIGNALLED = """
+import os, signal, sys
+def on_signal(signum, frame):
+    print("got", signal.Signals(signum).name, flush=True)
+    sys.exit(3)
+signal.signal(signal.SIGTERM, on_signal)
+signal.signal(signal.SIGHUP, on_signal)
+print(os.environ["PROMETHEUS_MULTIPROC_DIR"], os.getppid(), flush=True)
+signal.pause()
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_run_forwards_signals_and_removes_its_directory(signum: int) -> None:
+    argv = [*_launcher(), "run", "--metrics-port", str(_free_port()), "--", sys.executable, "-c", SIGNALLED]
+    proc = subprocess.Popen(argv, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        directory, parent = proc.stdout.readline().split()  # the handlers are installed
+        assert int(parent) == proc.pid and Path(directory).is_dir()
+        proc.send_signal(signum)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert (proc.returncode, out) == (3, f"got {signal.Signals(signum).name}\n"), err
+    assert not Path(directory).exists()
+
+
+def test_run_dies_of_the_signal_that_killed_the_command() -> None:
+    script = "import os, signal; os.kill(os.getpid(), signal.SIGTERM)"
+    argv = [*_launcher(), "run", "--metrics-port", str(_free_port()), "--", sys.executable, "-c", script]
+    proc = _run(argv, _env())
+    assert proc.returncode == -signal.SIGTERM, proc.stderr
+
+
+def test_run_keeps_a_multiprocess_directory_it_was_given(tmp_path: Path) -> None:
+    script = "import os; print(os.environ['PROMETHEUS_MULTIPROC_DIR'])"
+    argv = [*_launcher(), "run", "--metrics-port", str(_free_port()), "--", sys.executable, "-c", script]
+    proc = _run(argv, _env(PROMETHEUS_MULTIPROC_DIR=str(tmp_path)))
+    assert (proc.returncode, proc.stdout) == (0, f"{tmp_path}\n"), proc.stderr
+    assert tmp_path.is_dir()

@@ -8,9 +8,11 @@ import sys
 import urllib.request
 from pathlib import Path
 
+from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from streamsentinel.chaos import ChaosServer
+from streamsentinel.metrics_server import multiprocess_registry, prune_dead_processes
 
 WORKER = """
 import sys, openai, streamsentinel
@@ -64,3 +66,42 @@ def test_workers_metrics_are_served_together(tmp_path: Path) -> None:
     assert values[("openai_stream_requests_total", "completed")] == 2
     assert values[("openai_stream_chunks_total", None)] == 10
     assert values[("openai_stream_in_flight", None)] == 0  # livesum: the workers are gone
+
+
+# A worker that dies in the middle of a stream (no chance to decrement the in-flight gauge).
+DIES = """
+import os, sys, openai, streamsentinel
+streamsentinel.instrument(retry_attempts=1)
+client = openai.OpenAI(base_url=sys.argv[1], api_key="k", max_retries=0)
+stream = client.chat.completions.create(
+    model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], stream=True
+)
+next(iter(stream))
+print(os.getpid(), flush=True)
+os._exit(0)
+"""
+
+
+def _in_flight(registry: CollectorRegistry) -> float:
+    return sum(
+        s.value
+        for family in registry.collect()
+        for s in family.samples
+        if s.name == "openai_stream_in_flight"
+    )
+
+
+def test_live_gauges_of_dead_workers_are_pruned(tmp_path: Path) -> None:
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    with ChaosServer(chunks=3) as chaos:
+        done = subprocess.run(
+            [sys.executable, "-c", DIES, chaos.base_url], env=env, capture_output=True, text=True, timeout=60
+        )
+    assert done.returncode == 0, done.stderr
+    pid = int(done.stdout)
+    plain = multiprocess_registry(str(tmp_path))
+    assert plain is not None and _in_flight(plain) == 1  # the dead worker's stream, still "in flight"
+    pruning = multiprocess_registry(str(tmp_path), prune_dead=True)
+    assert pruning is not None and _in_flight(pruning) == 0
+    assert prune_dead_processes(str(tmp_path)) == []  # already gone
+    assert not list(tmp_path.glob(f"gauge_live*_{pid}.db"))

@@ -7,7 +7,9 @@ fails, ``event: error`` + ``data: {"error": "<exception type>"}`` instead, and t
 Configuration: ``OPENAI_BASE_URL`` (required), ``OPENAI_API_KEY``, ``RELAY_MODEL``,
 ``RELAY_MAX_RETRIES`` (the SDK's ``max_retries``), ``RELAY_TIMEOUT`` (seconds).
 
-Run: ``uvicorn examples.relay_service.app:app --host 127.0.0.1 --port 8000``
+Run: ``uvicorn examples.relay_service.app:app --host 127.0.0.1 --port 8000`` (or with ``--workers N``,
+or ``gunicorn -w N -k uvicorn.workers.UvicornWorker examples.relay_service.app:app``). Each answer
+carries the PID of the worker process that served it in ``x-relay-pid``.
 """
 
 from __future__ import annotations
@@ -70,7 +72,8 @@ async def chat(request: Request) -> Response:
     return StreamingResponse(
         _relay(client, prompt, request_id),
         media_type="text/event-stream",
-        headers={"cache-control": "no-cache"},
+        # Which worker process answered (pre-fork servers: tests/test_example_service.py).
+        headers={"cache-control": "no-cache", "x-relay-pid": str(os.getpid())},
     )
 
 

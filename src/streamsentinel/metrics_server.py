@@ -3,23 +3,70 @@
 from __future__ import annotations
 
 import os
+import re
 import threading
+from collections.abc import Iterable
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
-from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.metrics_core import Metric
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
+_LIVE_FILE = re.compile(r"gauge_live\w+?_(\d+)\.db")
 
-def multiprocess_registry() -> CollectorRegistry | None:
-    """A registry that reads every process's metrics when ``PROMETHEUS_MULTIPROC_DIR`` is set
-    (prometheus_client's multiprocess mode), else None."""
-    path = os.environ.get(MULTIPROC_ENV)
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: exists, someone else's
+        return True
+    return True
+
+
+def prune_dead_processes(path: str) -> list[int]:
+    """Drop the ``live*`` gauge files of processes that no longer exist from ``path`` (what
+    ``mark_process_dead`` in gunicorn's ``child_exit`` hook would do); returns their PIDs. Only
+    safe when every writer to ``path`` runs in this PID namespace (``streamsentinel run``'s own
+    directory)."""
+    dead = set()
+    for name in os.listdir(path):
+        match = _LIVE_FILE.fullmatch(name)
+        if match and not _alive(int(match.group(1))):
+            dead.add(int(match.group(1)))
+    for pid in dead:
+        mark_process_dead(pid, path)  # type: ignore[no-untyped-call]
+    return sorted(dead)
+
+
+class _PruningCollector:
+    """A ``MultiProcessCollector`` that first forgets the live gauges of dead processes."""
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._collector = MultiProcessCollector(None, path=path)  # type: ignore[no-untyped-call]
+
+    def collect(self) -> Iterable[Metric]:
+        prune_dead_processes(self._path)
+        metrics: Iterable[Metric] = self._collector.collect()  # type: ignore[no-untyped-call]
+        return metrics
+
+
+def multiprocess_registry(path: str | None = None, prune_dead: bool = False) -> CollectorRegistry | None:
+    """A registry that reads every process's metrics in ``path`` (default: ``PROMETHEUS_MULTIPROC_DIR``,
+    prometheus_client's multiprocess mode), else None. ``prune_dead``: see
+    :func:`prune_dead_processes`."""
+    path = path or os.environ.get(MULTIPROC_ENV)
     if not path:
         return None
     registry = CollectorRegistry()
-    MultiProcessCollector(registry, path=path)  # type: ignore[no-untyped-call]
+    if prune_dead:
+        registry.register(_PruningCollector(path))
+    else:
+        MultiProcessCollector(registry, path=path)  # type: ignore[no-untyped-call]
     return registry
 
 

@@ -1,30 +1,47 @@
-"""Start-up hook for ``streamsentinel run``: instruments the ``openai`` SDK before the application
-imports it.
+"""Start-up hook for ``streamsentinel run``: instruments the ``openai`` SDK when (and only if) the
+process imports it.
 
 ``streamsentinel run`` puts this directory first on ``PYTHONPATH``, so Python's ``site`` module
 imports this file as ``sitecustomize`` when the interpreter starts. It then:
 
 1. runs the ``sitecustomize`` that would have run without it (the next one on ``sys.path``), if any;
-2. calls :func:`streamsentinel.instrument` (options from the ``STREAMSENTINEL_*`` variables);
-3. serves ``/metrics`` on ``STREAMSENTINEL_METRICS_ADDR`` (default ``127.0.0.1``) and
-   ``STREAMSENTINEL_METRICS_PORT`` (unset or ``0``: not served).
+2. puts a finder first on ``sys.meta_path`` that notices when ``openai`` (or ``streamsentinel``)
+   has been imported, and only then imports streamsentinel and calls
+   :func:`streamsentinel.instrument` (options from the ``STREAMSENTINEL_*`` variables), once,
+   unless the application already did: its own options win.
 
-It never stops the application: a failure in any step is reported as one line on stderr and the
-application starts anyway (with what did succeed).
+Nothing else is imported at start-up (standard library only, no streamsentinel, openai,
+OpenTelemetry or prometheus_client), so a Python process that never imports ``openai`` pays
+almost nothing. ``/metrics`` is served by the ``run`` process itself, not here.
+
+It never stops the application: a failure is reported as one line on stderr and the application
+carries on (with what did succeed).
 """
 
 from __future__ import annotations
 
+import _thread
 import importlib.machinery
-import importlib.util
 import os
 import sys
-from types import ModuleType
+
+# Only what ``site`` has already loaded: typing, importlib.util (contextlib, re) cost milliseconds.
+from importlib._bootstrap import module_from_spec  # what importlib.util.module_from_spec is
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from types import ModuleType
+    from typing import Any
 
 _HERE = os.path.dirname(os.path.realpath(__file__))
+_WATCHED = ("openai", "streamsentinel")
 
 #: the ``sitecustomize`` this one chained to (None if there was none or it failed)
 chained: ModuleType | None = None
+#: how many times this hook called ``streamsentinel.instrument()`` (0 or 1)
+instrument_calls = 0
+
+_once = _thread.allocate_lock()
 
 
 def _report(step: str, exc: BaseException) -> None:
@@ -50,9 +67,84 @@ def _chain() -> ModuleType | None:
         return None
     if os.path.dirname(os.path.realpath(spec.origin)) == _HERE:  # reached through a symlinked dir
         return None
-    module = importlib.util.module_from_spec(spec)
+    module: ModuleType = module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _loading(name: str) -> bool:
+    """``name`` is being imported right now (in sys.modules, its top level not finished)."""
+    module = sys.modules.get(name)
+    return module is not None and bool(getattr(getattr(module, "__spec__", None), "_initializing", False))
+
+
+def _maybe_instrument(finished: str = "") -> None:
+    """Called after ``openai`` or ``streamsentinel`` (``finished``) executed: instrument once, when
+    ``openai`` is there and streamsentinel is not half-imported (the application importing
+    streamsentinel imports openai first: we then wait for streamsentinel's own hook)."""
+    global instrument_calls
+    if "openai" not in sys.modules or (finished != "streamsentinel" and _loading("streamsentinel")):
+        return
+    if not _once.acquire(False):
+        return
+    sys.meta_path[:] = [finder for finder in sys.meta_path if not isinstance(finder, _Finder)]
+    try:
+        import streamsentinel
+
+        # The application's explicit instrument(...) options win: never reconfigure over them.
+        if not streamsentinel.is_instrumented():
+            instrument_calls += 1
+            streamsentinel.instrument()
+    except Exception as exc:
+        _report("instrumenting openai", exc)
+
+
+class _Loader:
+    """Runs the real loader, then :func:`_maybe_instrument`; the module keeps the real loader."""
+
+    def __init__(self, loader: Any) -> None:
+        self.loader = loader
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.loader, name)
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType | None:
+        module: ModuleType | None = self.loader.create_module(spec)
+        return module
+
+    def exec_module(self, module: ModuleType) -> None:
+        spec = module.__spec__
+        if spec is not None:
+            spec.loader = self.loader
+        module.__loader__ = self.loader
+        self.loader.exec_module(module)
+        _maybe_instrument(module.__name__)
+
+
+class _Finder:
+    """First on ``sys.meta_path``: wraps the loader of the watched top-level packages."""
+
+    def __init__(self) -> None:
+        self._busy = False
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
+        if fullname not in _WATCHED or self._busy:
+            return None
+        self._busy = True
+        try:
+            for finder in sys.meta_path:
+                if finder is self or not hasattr(finder, "find_spec"):
+                    continue
+                spec = finder.find_spec(fullname, path, target)
+                if spec is not None:
+                    break
+            else:
+                return None
+        finally:
+            self._busy = False
+        if spec.loader is not None and hasattr(spec.loader, "exec_module"):
+            spec.loader = _Loader(spec.loader)  # type: ignore[assignment]
+        return spec
 
 
 def _start() -> None:
@@ -61,23 +153,10 @@ def _start() -> None:
         chained = _chain()
     except Exception as exc:
         _report("the chained sitecustomize", exc)
-    try:
-        import streamsentinel
-
-        streamsentinel.instrument()
-    except Exception as exc:
-        _report("instrumenting openai", exc)
-        return
-    try:
-        port = int(os.environ.get("STREAMSENTINEL_METRICS_PORT", "0") or "0")
-        if port:
-            addr = os.environ.get("STREAMSENTINEL_METRICS_ADDR", "") or "127.0.0.1"
-            streamsentinel.start_metrics_server(port, addr)
-            # Python processes this one starts inherit the bootstrap: they are instrumented too,
-            # but the port is taken, so they do not try to serve it again.
-            os.environ["STREAMSENTINEL_METRICS_PORT"] = "0"
-    except Exception as exc:
-        _report("serving /metrics", exc)
+    if "openai" in sys.modules or "streamsentinel" in sys.modules:  # a chained sitecustomize did
+        _maybe_instrument()
+    else:
+        sys.meta_path.insert(0, _Finder())
 
 
 _start()
