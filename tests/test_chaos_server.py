@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -49,11 +53,12 @@ from streamsentinel.chaos import (
     expected_outcome,
     expected_pieces,
     expected_text,
+    fault_names,
     go_duration,
     load_recordings,
     parse_fault_weights,
 )
-from streamsentinel.chaos.cli import build_parser, build_server, main
+from streamsentinel.chaos.cli import build_parser, build_server, format_record, main
 
 from .support import RECORDINGS_DIR
 
@@ -257,6 +262,9 @@ def check_observed(server: ChaosServer, api: Api, fault: Fault, seen: Observed) 
     assert rec.terminal_sent is (fault is Fault.NONE)
     assert rec.expected_outcome is expect.outcome
     assert rec.client_disconnected is (fault in STALLS)
+    assert rec.stall_expired is False  # 0.5 s read timeout, 30 s stalls: the client always leaves first
+    assert (rec.stall_seconds is not None) is (fault in STALLS)
+    assert rec.no_done is False
     assert rec.truncation_reason == (None if fault is Fault.NONE else FAULT_TABLE[fault].reason)
     if rec.status is not None:
         assert rec.request_id is not None and rec.request_id.startswith("req_")
@@ -393,7 +401,22 @@ def test_stall_ends_at_stall_seconds_with_fin(server: ChaosServer) -> None:
     assert type(before.error.__cause__) is httpx2.RemoteProtocolError  # closed without a response
     assert type(mid.error) is openai.APIConnectionError and len(mid.items) == DEFAULT_AFTER["chat"]
     assert type(mid.error.__cause__) is httpx2.RemoteProtocolError  # FIN inside the chunked body
-    assert [r.client_disconnected for r in server.wait_for_records(2)] == [False, False]
+    records = server.wait_for_records(2)
+    assert [r.client_disconnected for r in records] == [False, False]
+    assert [r.stall_expired for r in records] == [True, True]  # the server closed: ground truth knows
+
+
+@pytest.mark.parametrize("fault", sorted(STALLS))
+def test_stall_shorter_than_the_read_timeout_is_a_lost_connection(server: ChaosServer, fault: Fault) -> None:
+    """The server closes the stalled connection (FIN) while the client still waits: the client sees
+    a lost connection, not a timeout, and the record says the server ended the stall."""
+    with sync_client(server, timeout=httpx2.Timeout(600.0, connect=60.0)) as client:
+        seen = consume_sync(client, "chat", chaos_headers(fault, stall_seconds=0.2))
+    assert type(seen.error) is openai.APIConnectionError, repr(seen.error)
+    assert type(seen.error.__cause__) is httpx2.RemoteProtocolError
+    rec = only_record(server)
+    assert rec.stall_expired and not rec.client_disconnected
+    assert rec.stall_seconds is not None and rec.stall_seconds >= 0.2
 
 
 def test_stall_before_headers_is_retried_by_the_sdk(server: ChaosServer) -> None:
@@ -403,6 +426,7 @@ def test_stall_before_headers_is_retried_by_the_sdk(server: ChaosServer) -> None
     records = server.wait_for_records(2)
     assert [r.retry_count for r in records] == [0, 1]
     assert all(r.fault is Fault.STALL_BEFORE_HEADERS and r.client_disconnected for r in records)
+    assert not any(r.stall_expired for r in records)  # the client's read timeout ended each stall
 
 
 def test_two_choices_stream(server: ChaosServer) -> None:
@@ -660,22 +684,53 @@ def test_connection_faults_do_not_poison_the_next_request(server: ChaosServer) -
 
 
 async def test_hundreds_of_concurrent_streams_and_a_stall_does_not_block(server: ChaosServer) -> None:
-    async with async_client(server) as client:
+    streams = 300
+    # No read timeout for the stalled stream and a 600 s stall: only the cancel below can end it.
+    # Every other stream holds its connection open until all of them have their first item, so
+    # they are all open at once (one connection each), whatever the machine's speed.
+    no_timeout = httpx2.Timeout(None, connect=60.0)
+    generous = httpx2.Timeout(60.0, connect=60.0)
+    async with (
+        async_client(server, timeout=no_timeout) as stall_client,
+        async_client(server, timeout=generous) as client,
+    ):
         stalled = asyncio.create_task(
-            consume_async(client, "chat", chaos_headers(Fault.STALL_BEFORE_FIRST_TOKEN, stall_seconds=60))
+            consume_async(
+                stall_client, "chat", chaos_headers(Fault.STALL_BEFORE_FIRST_TOKEN, stall_seconds=600)
+            )
         )
-        await asyncio.to_thread(server.wait_for_arrivals, 1)
-        results = await asyncio.gather(*(consume_async(client, "chat", {}) for _ in range(300)))
-        assert all(r.error is None and len(r.items) == server.chunks + 2 for r in results)
-        records = await server.wait_for_records_async(300)
-        assert all(r.terminal_sent for r in records)
-        assert len({r.connection for r in records}) > 100  # really concurrent connections
+        await asyncio.to_thread(server.wait_for_arrivals, 1, 60.0)
+        all_open = asyncio.Event()
+        opened = 0
+
+        async def held_open() -> list[ChatCompletionChunk]:
+            nonlocal opened
+            items: list[ChatCompletionChunk] = []
+            stream = await client.chat.completions.create(model=MODEL, messages=MESSAGES, stream=True)
+            async with stream:
+                async for item in stream:
+                    items.append(item)
+                    if len(items) == 1:
+                        opened += 1
+                        if opened == streams:
+                            all_open.set()
+                        await all_open.wait()
+            return items
+
+        results = await asyncio.gather(*(held_open() for _ in range(streams)))
+        assert [len(items) for items in results] == [server.chunks + 2] * streams
+        assert not stalled.done()  # the stall went on while all of them were served
+        served = await server.wait_for_records_async(streams, timeout=60.0)
+        assert len(served) == streams and all(r.fault is Fault.NONE and r.terminal_sent for r in served)
+        assert len({r.connection for r in served}) == streams  # all open at once: one connection each
         stalled.cancel()  # the client goes away: the server's stall ends at once
         with pytest.raises(asyncio.CancelledError):
             await stalled
-        records = await server.wait_for_records_async(301)
+        records = await server.wait_for_records_async(streams + 1, timeout=60.0)
     stall = next(r for r in records if r.fault is Fault.STALL_BEFORE_FIRST_TOKEN)
-    assert stall.client_disconnected and stall.status == 200 and stall.data_events == 0
+    assert stall.client_disconnected and not stall.stall_expired
+    assert stall.status == 200 and stall.data_events == 0
+    assert stall.connection not in {r.connection for r in served}
 
 
 def test_stop_cancels_stalls_and_leaves_no_thread() -> None:
@@ -1017,4 +1072,166 @@ def test_cli_rejects_bad_weights(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
         main(["--fault-weights", "bogus=1"])
     assert info.value.code == 2
-    assert "bogus" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "unknown fault 'bogus'" in err
+    assert all(fault.value in err for fault in Fault)  # the error lists every fault
+    with pytest.raises(SystemExit) as info:
+        main(["--fail-first", "1", "--fault", "bogus"])
+    assert info.value.code == 2
+    assert f"unknown fault 'bogus' (faults: {fault_names()})" in capsys.readouterr().err
+
+
+def test_cli_help_lists_every_fault() -> None:
+    text = " ".join(build_parser().format_help().split())  # argparse wraps the epilog
+    assert f"faults: {fault_names()}." in text
+    assert fault_names().split(", ") == [fault.value for fault in Fault]
+
+
+def test_unknown_fault_header_names_the_faults(server: ChaosServer) -> None:
+    with sync_client(server) as client, pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(
+            model=MODEL, messages=MESSAGES, stream=True, extra_headers={"x-chaos-fault": "bogus"}
+        )
+    assert f"unknown fault 'bogus' (faults: {fault_names()})" in str(info.value)
+
+
+def test_cli_rejects_a_missing_or_empty_replay_folder(
+    tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for folder in (tmp_path / "missing", tmp_path):
+        with pytest.raises(SystemExit) as info:
+            main(["--port", "0", "--replay", str(folder)])
+        assert info.value.code == 2
+        assert f"--replay {folder}: " in capsys.readouterr().err
+
+
+def test_cli_logs_each_request_and_fails_the_first_n() -> None:
+    """`chaos-server --fail-first 2 --fault server_error`: one stderr line per request (number,
+    fault), the first two get a 500, then every request succeeds."""
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "streamsentinel.cli", "chaos-server", "--port", "0"),
+            *("--chunks", "3", "--fail-first", "2", "--fault", "server_error"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        first = proc.stdout.readline()
+        assert first.startswith("chaos-server listening: base_url=http://127.0.0.1:"), first
+        base_url = first.strip().split("base_url=", 1)[1]
+        assert proc.stdout.readline() == "failing the first 2 requests with server_error\n"
+        client = openai.OpenAI(base_url=base_url, api_key="test", max_retries=0, timeout=NORMAL_TIMEOUT)
+        with client:
+            for _ in range(2):
+                with pytest.raises(openai.InternalServerError):
+                    client.chat.completions.create(model=MODEL, messages=MESSAGES, stream=True)
+            items = list(client.chat.completions.create(model=MODEL, messages=MESSAGES, stream=True))
+        assert len(items) == 3 + 2
+        # Each line is written once the server is done with the request: read all three first.
+        lines = [proc.stderr.readline() for _ in range(3)]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    assert lines == [
+        "chaos-server: #0 POST /v1/chat/completions stream fault=server_error status=500\n",
+        "chaos-server: #1 POST /v1/chat/completions stream fault=server_error status=500\n",
+        "chaos-server: #2 POST /v1/chat/completions stream fault=none status=200\n",
+    ]
+    assert err == "" and proc.returncode == 0
+    assert out.strip().endswith("served 3 requests: server_error=2, none=1")
+
+
+def test_plan_fail_first_then_succeed() -> None:
+    plan = FaultPlan(fail_first=2, fail_fault=Fault.RATE_LIMIT_REQUESTS)
+    assert plan.pending_script == 2
+    with ChaosServer(plan) as srv, sync_client(srv) as client:
+        for _ in range(2):
+            assert type(consume_sync(client, "chat", {}).error) is openai.RateLimitError
+        assert consume_sync(client, "chat", {}).error is None
+        records = srv.wait_for_records(3)
+    assert [r.fault for r in records] == [Fault.RATE_LIMIT_REQUESTS] * 2 + [Fault.NONE]
+    assert [r.source for r in records] == [DecisionSource.SCRIPT] * 2 + [DecisionSource.RANDOM]
+    with pytest.raises(ValueError):
+        FaultPlan(fail_first=-1)
+
+
+def test_fail_first_header_counts_the_attempts_of_one_request(server: ChaosServer) -> None:
+    """`x-chaos-fail-first: 2`: the SDK's first two attempts get a 500 (`x-chaos-fault` or the
+    plan's `fail_fault`), its second retry succeeds; per X-Client-Request-Id, else per the SDK's
+    retry count."""
+    with sync_client(server, retries=2) as client:
+        by_id = consume_sync(client, "chat", {"x-chaos-fail-first": "2", "X-Client-Request-Id": "one"})
+        by_retry_count = consume_sync(
+            client, "chat", {"x-chaos-fail-first": "2", "x-chaos-fault": "rate_limit_tokens"}
+        )
+        again = consume_sync(client, "chat", {"x-chaos-fail-first": "2", "X-Client-Request-Id": "one"})
+    assert by_id.error is None and by_retry_count.error is None and again.error is None
+    records = server.wait_for_records(7)
+    assert [(r.fault, r.retry_count) for r in records] == [
+        (Fault.SERVER_ERROR, 0),
+        (Fault.SERVER_ERROR, 1),
+        (Fault.NONE, 2),
+        (Fault.RATE_LIMIT_TOKENS, 0),
+        (Fault.RATE_LIMIT_TOKENS, 1),
+        (Fault.NONE, 2),
+        (Fault.NONE, 0),  # the id "one" already failed twice
+    ]
+
+
+def _raw_stream(server: ChaosServer, path: str, body: dict[str, Any], headers: dict[str, str]) -> bytes:
+    with httpx2.Client(timeout=NORMAL_TIMEOUT) as http:
+        response = http.post(f"{server.base_url}{path}", json={**body, "stream": True}, headers=headers)
+        assert response.status_code == 200
+        content: bytes = response.content
+        return content
+
+
+@pytest.mark.parametrize("how", ["plan", "header"])
+def test_no_done_streams_end_silently_after_every_item(how: str) -> None:
+    """Some OpenAI-compatible servers (vLLM, MLX builds) never send `data: [DONE]`: the plain SDK
+    gets every item (the finish chunk and the usage chunk) and the iterator just ends."""
+    plan = FaultPlan(no_done=how == "plan")
+    headers = {"x-chaos-no-done": "1"} if how == "header" else {}
+    with ChaosServer() as normal_server, ChaosServer(plan) as server:
+        kwargs: dict[str, Any] = {
+            "model": MODEL,
+            "messages": MESSAGES,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        with sync_client(normal_server) as client:
+            normal = list(client.chat.completions.create(**kwargs))
+        with sync_client(server) as client:
+            chat = list(client.chat.completions.create(**kwargs, extra_headers=headers))
+            legacy = list(
+                client.completions.create(
+                    model="gpt-3.5-turbo-instruct", prompt="Once", stream=True, extra_headers=headers
+                )
+            )
+            responses = consume_sync(client, "responses", headers)
+        raw = _raw_stream(server, "/chat/completions", {"model": MODEL, "messages": MESSAGES}, headers)
+        records = server.wait_for_records(4)
+    assert len(chat) == len(normal) == server.chunks + 3  # role, pieces, finish, usage
+    assert streamed_text("chat", chat) == streamed_text("chat", normal)
+    assert chat[-2].choices[0].finish_reason == "stop"
+    assert chat[-1].usage is not None and chat[-1].usage == normal[-1].usage
+    assert "".join(c.choices[0].text for c in legacy if c.choices) == server.expected_text({"prompt": "Once"})
+    assert b"[DONE]" not in raw and raw.rstrip().endswith(b"}")
+    assert responses.error is None and isinstance(responses.items[-1], ResponseCompletedEvent)
+    chat_rec, legacy_rec, responses_rec, raw_rec = records
+    for rec in (chat_rec, legacy_rec, raw_rec):
+        assert rec.no_done and not rec.terminal_sent and rec.fault is Fault.NONE
+        assert rec.finish_reasons == ("stop",)
+    assert chat_rec.usage is not None
+    assert not responses_rec.no_done and responses_rec.terminal_sent  # Responses has no [DONE]
+
+
+def test_format_record_line() -> None:
+    with ChaosServer() as srv, sync_client(srv) as client:
+        consume_sync(client, "chat", chaos_headers(Fault.RESET))
+        line = format_record(only_record(srv))
+    assert line == "chaos-server: #0 POST /v1/chat/completions stream fault=reset status=200"

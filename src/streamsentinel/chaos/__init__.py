@@ -22,6 +22,8 @@ from .plan import (
     FaultPlan,
     FaultSpec,
     HeaderError,
+    fault_names,
+    parse_fault,
     parse_fault_weights,
 )
 from .ratelimit import RateLimitConfig, go_duration
@@ -54,7 +56,9 @@ __all__ = [
     "expected_outcome",
     "expected_pieces",
     "expected_text",
+    "fault_names",
     "go_duration",
     "load_recordings",
+    "parse_fault",
     "parse_fault_weights",
 ]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import random
 import threading
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -23,6 +23,8 @@ __all__ = [
     "FaultPlan",
     "FaultSpec",
     "HeaderError",
+    "fault_names",
+    "parse_fault",
     "parse_fault_weights",
 ]
 
@@ -37,6 +39,8 @@ CHAOS_HEADERS = (
     "x-chaos-replay",
     "x-chaos-cut-bytes",
     "x-chaos-tool-call",
+    "x-chaos-no-done",
+    "x-chaos-fail-first",
 )
 """Request headers that pin the fault of one request (any of them present: headers win)."""
 
@@ -62,6 +66,8 @@ class FaultSpec:
         cut_bytes: `partial_event`: bytes of the cut event written (None: all but its blank line);
             `fin_in_chunk`: bytes of the announced chunk written before FIN (None: half).
         tool_call: chat only: stream one tool call whose arguments arrive in `chunks` pieces.
+        no_done: chat/completions: never write `data: [DONE]` (the stream ends cleanly after the
+            finish chunk and the usage chunk), as some OpenAI-compatible servers do.
     """
 
     fault: Fault = Fault.NONE
@@ -74,6 +80,7 @@ class FaultSpec:
     replay: str | None = None
     cut_bytes: int | None = None
     tool_call: bool = False
+    no_done: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "fault", Fault(self.fault))
@@ -128,6 +135,19 @@ def _parse_bool(value: str) -> bool:
         raise HeaderError(f"not a boolean: {value!r}") from None
 
 
+def fault_names() -> str:
+    """Every fault name, comma-separated (for help texts and error messages)."""
+    return ", ".join(fault.value for fault in Fault)
+
+
+def parse_fault(name: str) -> Fault:
+    """A fault by its name. Raises ValueError naming every valid fault."""
+    try:
+        return Fault(name.strip())
+    except ValueError:
+        raise ValueError(f"unknown fault {name.strip()!r} (faults: {fault_names()})") from None
+
+
 def parse_fault_weights(text: str) -> dict[Fault, float]:
     """Parse `none=80,reset=5,...` into `{Fault.NONE: 80.0, Fault.RESET: 5.0}`."""
     weights: dict[Fault, float] = {}
@@ -138,10 +158,11 @@ def parse_fault_weights(text: str) -> dict[Fault, float]:
         name, sep, value = item.partition("=")
         if not sep:
             raise ValueError(f"expected FAULT=WEIGHT, got {item!r}")
+        fault = parse_fault(name)
         try:
-            weights[Fault(name.strip())] = float(value)
-        except ValueError as err:
-            raise ValueError(f"bad fault weight {item!r}: {err}") from None
+            weights[fault] = float(value)
+        except ValueError:
+            raise ValueError(f"bad fault weight {item!r}: not a number") from None
     return weights
 
 
@@ -178,6 +199,11 @@ class FaultPlan:
         template: the spec that header values, scripted faults and draws are laid over.
         after_range: if set, random draws also draw `after` uniformly from `[lo, hi]`.
         replay: serve the server's recordings round-robin (per API) when the spec names none.
+        fail_first: the first `fail_first` requests decided by the plan (not by headers) get
+            `fail_fault`; then the script and the draws go on as usual (no weights: they succeed).
+        fail_fault: the fault of those first requests.
+        no_done: every chat/completions stream of the server ends without `data: [DONE]` (as some
+            vLLM and MLX builds do); per request: `x-chaos-no-done: 1`.
     """
 
     weights: Mapping[Fault, float] = field(default_factory=dict)
@@ -186,15 +212,28 @@ class FaultPlan:
     template: FaultSpec = field(default_factory=FaultSpec)
     after_range: tuple[int, int] | None = None
     replay: bool = False
+    fail_first: int = 0
+    fail_fault: Fault = Fault.SERVER_ERROR
+    no_done: bool = False
     _queue: deque[FaultSpec] = field(init=False, repr=False)
     _rng: random.Random = field(init=False, repr=False)
     _lock: threading.Lock = field(init=False, repr=False, default_factory=threading.Lock)
+    _attempts: OrderedDict[str, int] = field(init=False, repr=False, default_factory=OrderedDict)
 
     def __post_init__(self) -> None:
+        if self.fail_first < 0:
+            raise ValueError(f"fail_first must be >= 0, got {self.fail_first}")
+        self.fail_fault = Fault(self.fail_fault)
         self.weights = {Fault(f): float(w) for f, w in self.weights.items() if w > 0}
+        failing = [self.template.with_(fault=self.fail_fault)] * self.fail_first
         self._queue = deque(
-            item if isinstance(item, FaultSpec) else self.template.with_(fault=Fault(item))
-            for item in self.script
+            [
+                *failing,
+                *(
+                    item if isinstance(item, FaultSpec) else self.template.with_(fault=Fault(item))
+                    for item in self.script
+                ),
+            ]
         )
         self._rng = random.Random(self.seed)
 
@@ -222,8 +261,12 @@ class FaultPlan:
             HeaderError: an `x-chaos-*` header has an unusable value.
         """
         if any(name in headers for name in CHAOS_HEADERS):
-            return Decision(self._from_headers(headers), DecisionSource.HEADER)
-        return self.draw()
+            decision = Decision(self._from_headers(headers), DecisionSource.HEADER)
+        else:
+            decision = self.draw()
+        if self.no_done and not decision.spec.no_done:
+            decision = Decision(decision.spec.with_(no_done=True), decision.source)
+        return decision
 
     def draw(self) -> Decision:
         """The next scripted spec, else the next random draw (ignores headers)."""
@@ -250,9 +293,9 @@ class FaultPlan:
                 raise HeaderError(f"{name}: not an integer: {value!r}") from None
 
         try:
-            changes: dict[str, object] = {"fault": Fault(headers.get("x-chaos-fault", "none").strip())}
-        except ValueError:
-            raise HeaderError(f"x-chaos-fault: unknown fault {headers['x-chaos-fault']!r}") from None
+            changes: dict[str, object] = {"fault": parse_fault(headers.get("x-chaos-fault", "none"))}
+        except ValueError as err:
+            raise HeaderError(f"x-chaos-fault: {err}") from None
         for name, attr in (
             ("x-chaos-after", "after"),
             ("x-chaos-chunks", "chunks"),
@@ -276,7 +319,34 @@ class FaultPlan:
                 raise HeaderError("x-chaos-stall-seconds: not a number") from None
         if "x-chaos-tool-call" in headers:
             changes["tool_call"] = _parse_bool(headers["x-chaos-tool-call"])
+        if "x-chaos-no-done" in headers:
+            changes["no_done"] = _parse_bool(headers["x-chaos-no-done"])
+        fail_first = get_int("x-chaos-fail-first")
+        if fail_first is not None:
+            if fail_first < 0:
+                raise HeaderError(f"x-chaos-fail-first must be >= 0, got {fail_first}")
+            if self._attempt(headers) >= fail_first:
+                changes["fault"] = Fault.NONE
+            elif "x-chaos-fault" not in headers:
+                changes["fault"] = self.fail_fault
         try:
             return self.template.with_(**changes)
         except ValueError as err:
             raise HeaderError(str(err)) from None
+
+    _MAX_TRACKED_IDS = 10_000
+
+    def _attempt(self, headers: Mapping[str, str]) -> int:
+        """Which attempt of its logical request this is, from 0: earlier requests with the same
+        `x-client-request-id` (the SDK's and streamsentinel's retries repeat it); without that
+        header, the SDK's `x-stainless-retry-count`."""
+        request_id = headers.get("x-client-request-id")
+        if request_id is None:
+            retry = headers.get("x-stainless-retry-count", "0").strip()
+            return int(retry) if retry.isdigit() else 0
+        with self._lock:
+            attempt = self._attempts.pop(request_id, 0)
+            self._attempts[request_id] = attempt + 1
+            while len(self._attempts) > self._MAX_TRACKED_IDS:
+                self._attempts.popitem(last=False)
+            return attempt

@@ -43,6 +43,13 @@ class RequestRecord:
         replay: name of the recording served, if any.
         client_disconnected: the client went away before the server finished (ended a stall early,
             or a write failed).
+        stall_expired: a stall ran its whole `spec.stall_seconds` with the client still connected,
+            so the server itself closed the connection (FIN): a client whose read timeout is longer
+            than the stall sees a lost connection, not a timeout.
+        stall_seconds: how long the stall lasted (until the client left or the server closed),
+            seconds; None when the request did not stall.
+        no_done: `[DONE]` was left out on purpose (`FaultPlan.no_done` / `x-chaos-no-done`): the
+            chat/completions stream ended cleanly after its last chunk without it.
         started_at / finished_at: `time.monotonic()` seconds.
     """
 
@@ -68,6 +75,9 @@ class RequestRecord:
     response_id: str | None
     replay: str | None
     client_disconnected: bool
+    stall_expired: bool
+    stall_seconds: float | None
+    no_done: bool
     started_at: float
     finished_at: float
 

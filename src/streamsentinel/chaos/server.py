@@ -30,7 +30,7 @@ import threading
 import time
 import uuid
 from collections import Counter, OrderedDict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -124,6 +124,9 @@ class _Exchange:
             response_id=self.response_id,
             replay=self.replay,
             client_disconnected=self.progress.client_disconnected,
+            stall_expired=self.progress.stall_expired,
+            stall_seconds=self.progress.stall_seconds,
+            no_done=self.progress.done_omitted,
             started_at=self.started,
             finished_at=time.monotonic(),
         )
@@ -143,6 +146,8 @@ class ChaosServer:
         rate_limits: limits advertised in `x-ratelimit-*`.
         chunks: content pieces per choice when the spec does not say.
         max_stored_responses: Responses kept for `GET /v1/responses/{id}` (oldest dropped).
+        on_record: called with each `RequestRecord` once it is written (on the server's thread;
+            an exception it raises is logged and ignored).
     """
 
     def __init__(
@@ -156,7 +161,9 @@ class ChaosServer:
         rate_limits: RateLimitConfig | None = None,
         chunks: int = DEFAULT_CHUNKS,
         max_stored_responses: int = 1000,
+        on_record: Callable[[RequestRecord], None] | None = None,
     ) -> None:
+        self._on_record = on_record
         self.plan = plan if plan is not None else FaultPlan()
         self.seed = seed
         self.chunks = chunks
@@ -356,7 +363,13 @@ class ChaosServer:
             await self._dispatch(conn, exchange)
         except PeerGone:
             exchange.progress.client_disconnected = True
-        self._log.append(exchange.record())
+        record = exchange.record()
+        self._log.append(record)
+        if self._on_record is not None:
+            try:
+                self._on_record(record)
+            except Exception:
+                log.exception("chaos server: on_record failed")
 
     async def _dispatch(self, conn: HttpConnection, ex: _Exchange) -> None:
         request = ex.request
@@ -496,7 +509,7 @@ class ChaosServer:
         if ex.fault is Fault.RESET:
             await conn.reset()
         else:
-            ex.progress.client_disconnected = await conn.wait_for_disconnect(spec.stall_seconds)
+            await ex.progress.stall(conn, spec.stall_seconds)
 
     async def _create(self, conn: HttpConnection, ex: _Exchange, body: dict[str, Any]) -> None:
         assert ex.decision is not None and ex.api is not None

@@ -7,6 +7,7 @@ number of events before it.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -66,6 +67,20 @@ class StreamProgress:
     status: int | None = None
     sent: list[SseEvent] = field(default_factory=list)
     client_disconnected: bool = False
+    stall_expired: bool = False
+    stall_seconds: float | None = None
+    done_omitted: bool = False
+
+    async def stall(self, conn: HttpConnection, seconds: float) -> None:
+        """Send nothing for up to `seconds`: note who ended the stall (the client by leaving, or the
+        server when the time ran out; the caller then closes) and how long it lasted."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            self.client_disconnected = await conn.wait_for_disconnect(seconds)
+        finally:
+            self.stall_seconds = loop.time() - started
+        self.stall_expired = not self.client_disconnected
 
     @property
     def data_events(self) -> int:
@@ -121,12 +136,15 @@ async def play_stream(
     progress.status = status
 
     for event in events[:cut]:
+        if event.is_done and spec.no_done:
+            progress.done_omitted = True  # an OpenAI-compatible server that never sends [DONE]
+            continue
         await send(event.raw)
         progress.sent.append(event)
 
     following = events[cut] if cut < len(events) else DONE
     if fault in (Fault.STALL_BEFORE_FIRST_TOKEN, Fault.STALL_MID_STREAM):
-        progress.client_disconnected = await conn.wait_for_disconnect(spec.stall_seconds)
+        await progress.stall(conn, spec.stall_seconds)
         return  # caller closes: FIN inside the chunked body
     if fault is Fault.EOF_CLOSE:
         return  # caller closes: FIN ends the close-delimited body

@@ -8,9 +8,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from .._core.taxonomy import classify_error_code
-from ..chaos import FAULT_TABLE, Fault, Outcome, Phase, RequestRecord
+from ..chaos import FAULT_TABLE, Fault, Outcome, Phase, RequestRecord, TruncationReason
 from .scrape import Scrape
-from .workload import ConsumerResult
+from .workload import ConsumerResult, request_id
 
 # The error_type streamsentinel must report for a request whose final attempt had this fault.
 _FAULT_ERROR_TYPE: dict[Fault, str] = {
@@ -68,12 +68,33 @@ def logical_requests(records: Iterable[RequestRecord]) -> list[list[RequestRecor
     return [sorted(g, key=lambda r: r.seq) for g in groups.values()]
 
 
-def _error_type(final: RequestRecord) -> str | None:
+_STALLS = {Fault.STALL_BEFORE_HEADERS, Fault.STALL_BEFORE_FIRST_TOKEN, Fault.STALL_MID_STREAM}
+
+
+def _stall_seen(final: RequestRecord, seen: str | None) -> str:
+    """What ended a stall for the client, from what the server and the client did: the client
+    left first (its read timeout), or the server closed the stalled connection first (a client
+    still waiting sees the connection lost, unless its read timeout fired just before the FIN
+    reached it: then its own exception, `seen`, says so)."""
+    if final.stall_expired and seen != "APITimeoutError":
+        return "connection_error"
+    return "timeout"
+
+
+def _error_type(final: RequestRecord, seen: str | None = None) -> str | None:
     if final.expected_outcome is Outcome.COMPLETED:
         return None
     if final.fault in (Fault.ERROR_EVENT, Fault.ERROR_EVENT_FLAT):
         return classify_error_code(final.spec.error_code)[0]
+    if final.fault in _STALLS:
+        return _stall_seen(final, seen)
     return _FAULT_ERROR_TYPE[final.fault]
+
+
+def _truncation_reason(final: RequestRecord, seen: str | None = None) -> str:
+    if final.fault in _STALLS and _stall_seen(final, seen) == "connection_error":
+        return str(TruncationReason.CONNECTION_LOST)
+    return str(FAULT_TABLE[final.fault].reason)
 
 
 def _in_stream_kind(record: RequestRecord) -> str | None:
@@ -82,17 +103,28 @@ def _in_stream_kind(record: RequestRecord) -> str | None:
     return classify_error_code(record.spec.error_code)[1]
 
 
-def ground_truth_rows(records: Sequence[RequestRecord], scrape: Scrape) -> list[Row]:
-    """Rows comparing the chaos server's log with streamsentinel's metrics."""
+def ground_truth_rows(
+    records: Sequence[RequestRecord], scrape: Scrape, results: Sequence[ConsumerResult] = ()
+) -> list[Row]:
+    """Rows comparing the chaos server's log with streamsentinel's metrics.
+
+    A stall's error is what ended it (`RequestRecord.client_disconnected` / `stall_expired`); when
+    the server closed a stalled connection, the consumer's exception in `results` (the demo's, by
+    `X-Client-Request-Id`) tells whether its read timeout fired just before the FIN arrived."""
     groups = logical_requests(records)
     finals = [g[-1] for g in groups]
+    seen = {request_id(r.index): r.error for r in results}
+
+    def seen_by(final: RequestRecord) -> str | None:
+        return seen.get(final.client_request_id or "")
+
     outcomes = Counter(str(f.expected_outcome) for f in finals)
     truncations = Counter(
-        str(FAULT_TABLE[f.fault].reason)
+        _truncation_reason(f, seen_by(f))
         for f in finals
         if f.expected_outcome is not Outcome.COMPLETED and FAULT_TABLE[f.fault].phase is Phase.BODY
     )
-    errors = Counter(e for f in finals if (e := _error_type(f)) is not None)
+    errors = Counter(e for f in finals if (e := _error_type(f, seen_by(f))) is not None)
     rate_limits: Counter[str] = Counter()
     for record in records:
         kind = FAULT_TABLE[record.fault].rate_limit_kind

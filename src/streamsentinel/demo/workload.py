@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,10 +26,15 @@ class ConsumerResult:
     error: str | None
 
 
+def request_id(index: int) -> str:
+    """The ``X-Client-Request-Id`` of logical request ``index``."""
+    return f"demo-{index}"
+
+
 def _request(kind: str, index: int, model: str) -> tuple[str, dict[str, Any]]:
     prompt = f"Request {index}: tell me about stream resilience."
     # One id per logical request: the server's log groups the SDK's retries by it.
-    headers = {"X-Client-Request-Id": f"demo-{index}"}
+    headers = {"X-Client-Request-Id": request_id(index)}
     if kind.endswith("chat"):
         return "chat", {
             "extra_headers": headers,
@@ -93,12 +98,30 @@ def run_workload(
     async_jobs = [(i, KINDS[i % 4]) for i in indexes if KINDS[i % 4].startswith("async")]
 
     sync_client = make_sync()
-    pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="demo-sync")
+    # Daemon workers, not a ThreadPoolExecutor: after Ctrl-C the process must not wait for streams
+    # that the SDK and streamsentinel are still retrying (the interpreter joins a pool's threads).
+    pending = deque(sync_jobs)
+    stop = threading.Event()
+    failures: list[BaseException] = []
 
-    def run_sync(index: int, kind: str) -> None:
-        done(_consume_sync(sync_client, kind, index, model))
+    def sync_worker() -> None:
+        while not stop.is_set():
+            with lock:
+                if not pending:
+                    return
+                index, kind = pending.popleft()
+            try:
+                done(_consume_sync(sync_client, kind, index, model))
+            except BaseException as exc:  # a bug in the demo itself: stop and re-raise in the caller
+                failures.append(exc)
+                stop.set()
+                return
 
-    futures = [pool.submit(run_sync, i, k) for i, k in sync_jobs]
+    workers = [
+        threading.Thread(target=sync_worker, name=f"demo-sync-{n}", daemon=True) for n in range(concurrency)
+    ]
+    for worker in workers:
+        worker.start()
 
     async def run_async() -> None:
         client = make_async()
@@ -115,9 +138,13 @@ def run_workload(
 
     try:
         asyncio.run(run_async())
-        for future in futures:
-            future.result()
+        for worker in workers:
+            worker.join()
+    except BaseException:
+        stop.set()  # Ctrl-C: start no more streams; the caller stops the server
+        raise
     finally:
-        pool.shutdown(wait=True)
         sync_client.close()
+    if failures:
+        raise failures[0]
     return sorted(results, key=lambda r: r.index)
