@@ -79,6 +79,7 @@ print(not streamsentinel.is_instrumented(), type(s) is openai.Stream, len(export
 
 WHO_LOADED = """
 import sys
+import openai
 import streamsentinel
 site = sys.modules["sitecustomize"]
 print(site.__file__)
@@ -249,13 +250,14 @@ print(streamsentinel.is_instrumented(), sys.modules["sitecustomize"].instrument_
     [
         "import openai",
         "import openai, streamsentinel",
-        "import streamsentinel",
+        "import streamsentinel; import openai",
         "from streamsentinel import instrument; import openai",
         "import streamsentinel.testing",
         "import openai; import importlib; importlib.reload(openai)",
     ],
 )
 def test_importing_openai_instruments_exactly_once(imports: str) -> None:
+    # (Importing streamsentinel alone imports no openai: nothing is instrumented until openai is.)
     argv = [*_launcher(), "run", "--metrics-port", "0", "--", sys.executable, "-c"]
     proc = _run([*argv, ONCE.format(imports=imports)], _env())
     assert (proc.returncode, proc.stdout) == (0, "True 1\n"), proc.stderr
@@ -279,8 +281,8 @@ print(sum(1 for _ in stream), streamsentinel.is_instrumented(), sys.modules["sit
 @pytest.mark.parametrize(
     ("prelude", "bootstrap_calls"),
     [
-        # instrument() before openai is imported (streamsentinel imports it: the hook fires first)
-        ("import streamsentinel\nstreamsentinel.instrument(on_truncation='record')\nimport openai", 1),
+        # instrument() before openai is imported: the app instruments, the hook has nothing to do
+        ("import streamsentinel\nstreamsentinel.instrument(on_truncation='record')\nimport openai", 0),
         # openai first: the hook instruments with the defaults, the app reconfigures
         ("import openai\nimport streamsentinel\nstreamsentinel.instrument(on_truncation='record')", 1),
         (

@@ -17,19 +17,29 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ._core.config import ChunkEvents, OnTruncation
+# Light: importing the package imports neither openai, OpenTelemetry nor prometheus_client (a
+# process started under `streamsentinel run` pays nothing until it uses them).
 from ._resilience.breaker_config import BreakerConfig, SlidingWindowType, State
-from ._resilience.resume import ResumeStrategy
-from .errors import CircuitOpenError, StreamDivergedError, StreamTimeoutError, StreamTruncatedError
-from .metrics_server import start_metrics_server
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider
     from opentelemetry.trace import TracerProvider
     from prometheus_client import CollectorRegistry
 
+    from ._core.config import ChunkEvents, OnTruncation
     from ._resilience.circuit import BreakerKey, Fallback
+    from ._resilience.resume import ResumeStrategy
     from ._resilience.store import BreakerStore
+    from .errors import CircuitOpenError, StreamDivergedError, StreamTimeoutError, StreamTruncatedError
+    from .metrics_server import start_metrics_server
+
+_LAZY = {
+    "CircuitOpenError": "errors",
+    "StreamDivergedError": "errors",
+    "StreamTimeoutError": "errors",
+    "StreamTruncatedError": "errors",
+    "start_metrics_server": "metrics_server",
+}
 
 __all__ = [
     "BreakerConfig",
@@ -47,10 +57,18 @@ __all__ = [
 ]
 
 _lock = threading.Lock()
+_busy = False  # an instrument() call is under way (its imports may trigger run's start-up hook)
 _active: tuple[dict[str, Any], Any] | None = None  # (the options, the Runtime)
 
 
 def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is not None:
+        import importlib
+
+        value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+        globals()[name] = value
+        return value
     if name == "__version__":
         from importlib.metadata import PackageNotFoundError, version
 
@@ -138,16 +156,20 @@ def instrument(
         registered). ``KeyError``/``AttributeError`` if the installed ``openai`` lacks a hooked name
         (nothing is left patched).
     """
-    global _active
+    global _active, _busy
     options = {k: v for k, v in locals().items() if v is not None and v != ()}
     with _lock:
         if _active is not None and _same(_active[0], options):
             return
-        from ._build import build_runtime
-        from ._sdk import hooks
+        _busy = True
+        try:
+            from ._build import build_runtime
+            from ._sdk import hooks
 
-        runtime = build_runtime(options)
-        hooks.install(runtime)
+            runtime = build_runtime(options)
+            hooks.install(runtime)
+        finally:
+            _busy = False
         previous, _active = _active, (options, runtime)
         if previous is not None:
             previous[1].close()
@@ -175,6 +197,11 @@ def uninstrument() -> None:
 def is_instrumented() -> bool:
     """Whether :func:`instrument` is in effect."""
     return _active is not None
+
+
+def _instrumenting() -> bool:
+    """Whether an :func:`instrument` call is under way (private: for ``streamsentinel run``'s hook)."""
+    return _busy
 
 
 def _runtime() -> Any:

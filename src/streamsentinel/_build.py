@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ._core.config import breaker_config, resolve
+from ._core.config import breaker_config, resolve, warn_unknown_variables
 from ._core.done_marker import POLICIES
 from ._core.lifecycle import Runtime
 from ._core.log import debug_enabled
@@ -72,6 +72,7 @@ def build_runtime(options: dict[str, Any]) -> Runtime:
     elif done_marker is not None:
         settings_options["done_marker"] = done_marker
     settings = resolve(settings_options)
+    warn_unknown_variables()
     for server, policy in by_server.items():
         if policy not in POLICIES:
             raise ValueError(f"done_marker[{server!r}]={policy!r}: expected one of {', '.join(POLICIES)}")

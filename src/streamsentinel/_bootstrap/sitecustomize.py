@@ -72,10 +72,16 @@ def _chain() -> ModuleType | None:
     return module
 
 
-def _loading(name: str) -> bool:
-    """``name`` is being imported right now (in sys.modules, its top level not finished)."""
-    module = sys.modules.get(name)
-    return module is not None and bool(getattr(getattr(module, "__spec__", None), "_initializing", False))
+def _loading(name: str, finished: str) -> bool:
+    """``name`` or one of its submodules (other than ``finished``, which just ran) is being
+    imported right now (in sys.modules, its top level not finished)."""
+    prefix = name + "."
+    for key, module in list(sys.modules.items()):
+        if key != finished and (key == name or key.startswith(prefix)) and getattr(
+            getattr(module, "__spec__", None), "_initializing", False
+        ):
+            return True
+    return False
 
 
 def _maybe_instrument(finished: str = "") -> None:
@@ -83,8 +89,8 @@ def _maybe_instrument(finished: str = "") -> None:
     ``openai`` is there and streamsentinel is not half-imported (the application importing
     streamsentinel imports openai first: we then wait for streamsentinel's own hook)."""
     global instrument_calls
-    if "openai" not in sys.modules or (finished != "streamsentinel" and _loading("streamsentinel")):
-        return
+    if "openai" not in sys.modules or _loading("streamsentinel", finished):
+        return  # a streamsentinel module is half-imported: the outermost one calls us when done
     if not _once.acquire(False):
         return
     sys.meta_path[:] = [finder for finder in sys.meta_path if not isinstance(finder, _Finder)]
@@ -92,7 +98,7 @@ def _maybe_instrument(finished: str = "") -> None:
         import streamsentinel
 
         # The application's explicit instrument(...) options win: never reconfigure over them.
-        if not streamsentinel.is_instrumented():
+        if not streamsentinel.is_instrumented() and not streamsentinel._instrumenting():
             instrument_calls += 1
             streamsentinel.instrument()
     except Exception as exc:
@@ -128,7 +134,7 @@ class _Finder:
         self._busy = False
 
     def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
-        if fullname not in _WATCHED or self._busy:
+        if (fullname not in _WATCHED and not fullname.startswith("streamsentinel.")) or self._busy:
             return None
         self._busy = True
         try:

@@ -29,6 +29,7 @@ The circuit breaker's settings come as one ``BreakerConfig`` (option ``breaker``
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -79,36 +80,50 @@ def parse_bool(raw: str) -> bool:
     raise ValueError(raw)
 
 
-def _choice(*allowed: str) -> Callable[[str], str]:
+class _Parser:
+    """Parses one option's text; ``allowed`` says what is accepted, for messages."""
+
+    __slots__ = ("allowed", "parse")
+
+    def __init__(self, parse: Callable[[str], Any], allowed: str) -> None:
+        self.parse = parse
+        self.allowed = allowed
+
+
+def _choice(*allowed: str) -> _Parser:
     def parse(raw: str) -> str:
         value = raw.strip().lower()
         if value not in allowed:
             raise ValueError(raw)
         return value
 
-    return parse
+    return _Parser(parse, "one of " + ", ".join(allowed))
 
 
 def _bounded(
     kind: Callable[[str], _T], low: float, high: float = float("inf"), *, open_low: bool = False
-) -> Callable[[str], _T]:
+) -> _Parser:
     def parse(raw: str) -> _T:
         value = kind(raw)
         number = float(value)  # type: ignore[arg-type]
-        if number < low or number > high or (open_low and number == low):
+        if number != number or number < low or number > high or (open_low and number == low):
             raise ValueError(raw)
         return value
 
-    return parse
+    name = "an integer" if kind is int else "a number"
+    bounds = f"> {low:g}" if open_low else f">= {low:g}"
+    if high != float("inf"):
+        bounds += f" and <= {high:g}"
+    return _Parser(parse, f"{name} {bounds}")
 
 
-def _positive(kind: Callable[[str], _T]) -> Callable[[str], _T]:
+def _positive(kind: Callable[[str], _T]) -> _Parser:
     return _bounded(kind, 0.0, open_low=True)
 
 
-_PARSERS: dict[str, Callable[[str], Any]] = {
+_PARSERS: dict[str, _Parser] = {
     "on_truncation": _choice("raise", "record"),
-    "capture_content": parse_bool,
+    "capture_content": _Parser(parse_bool, "true or false (1/0, yes/no, on/off)"),
     "chunk_events": _choice("anomalies", "all", "none"),
     "gap_anomaly_seconds": _positive(float),
     "max_model_labels": _positive(int),
@@ -125,16 +140,56 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "done_marker": _choice("auto", "strict", "lenient"),
 }
 
+# STREAMSENTINEL_* variables read elsewhere (not options of instrument()).
+OTHER_VARIABLES = frozenset(
+    {"STREAMSENTINEL_METRICS_PORT", "STREAMSENTINEL_METRICS_ADDR", "STREAMSENTINEL_REDIS_URL"}
+)
+_warned_unknown = False
+
+
+def known_variables() -> frozenset[str]:
+    """Every ``STREAMSENTINEL_*`` variable streamsentinel reads."""
+    breaker = {env_name("breaker_" + f.name) for f in dataclasses.fields(BreakerConfig)}
+    return frozenset({env_name(o) for o in _PARSERS} | breaker | OTHER_VARIABLES)
+
+
+def warn_unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
+    """Warn once per process about ``STREAMSENTINEL_*`` variables nobody reads (a typo is silent
+    otherwise), with the closest known name; returns them."""
+    global _warned_unknown
+    environ = os.environ if environ is None else environ
+    known = known_variables()
+    unknown = sorted(v for v in environ if v.startswith("STREAMSENTINEL_") and v not in known)
+    if unknown and not _warned_unknown:
+        _warned_unknown = True
+        for name in unknown:
+            close = difflib.get_close_matches(name, known, n=1)
+            _log.warning("config.unknown_variable", variable=name, did_you_mean=close[0] if close else None)
+    return unknown
+
 
 def breaker_config(
-    explicit: BreakerConfig | None = None, environ: Mapping[str, str] | None = None
+    explicit: BreakerConfig | Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
 ) -> BreakerConfig:
     """The circuit breaker's settings: ``explicit`` if given, else ``BreakerConfig`` defaults
     overridden by ``STREAMSENTINEL_BREAKER_<FIELD>`` variables (e.g. ``..._BREAKER_MODE=shadow``,
     ``..._BREAKER_FAILURE_RATE_THRESHOLD=25``; ``..._SLOW_TTFT_THRESHOLD=0`` means unused). An
     invalid variable is logged and ignored."""
-    if explicit is not None:
+    if isinstance(explicit, BreakerConfig):
         return explicit
+    if isinstance(explicit, Mapping):  # BreakerConfig's fields by name
+        names = {f.name for f in dataclasses.fields(BreakerConfig)}
+        unknown_fields = sorted(set(explicit) - names)
+        if unknown_fields:
+            raise TypeError(
+                f"breaker: unknown field(s) {', '.join(map(str, unknown_fields))}; "
+                f"BreakerConfig has {', '.join(sorted(names))}"
+            )
+        return BreakerConfig(**explicit)
+    if explicit is not None:
+        raise TypeError(
+            f"breaker={explicit!r}: expected a streamsentinel.BreakerConfig (or a mapping of its fields)"
+        )
     environ = os.environ if environ is None else environ
     values: dict[str, Any] = {}
     for field in dataclasses.fields(BreakerConfig):
@@ -153,9 +208,15 @@ def breaker_config(
             else:
                 values[field.name] = float(raw)
             BreakerConfig(**values)  # validate as we go, to name the culprit
-        except (ValueError, TypeError):
+        except (ValueError, TypeError) as exc:
             values.pop(field.name, None)
-            _log.warning("config.invalid_env", variable=var, using_default=True)
+            _log.warning(
+                "config.invalid_env",
+                variable=var,
+                value=raw[:100],
+                allowed=str(exc)[:200],
+                using_default=getattr(DEFAULT_BREAKER, field.name),
+            )
     return BreakerConfig(**values)
 
 
@@ -169,22 +230,45 @@ def resolve(options: Mapping[str, Any], environ: Mapping[str, str] | None = None
 
     Raises:
         TypeError: an unknown keyword option (a programming error in the caller, raised at once).
-        ValueError: an explicit option with a value outside its domain.
+        ValueError: an explicit option with a value outside its domain; the message names the
+            option, the value and what is allowed.
     """
     environ = os.environ if environ is None else environ
     unknown = set(options) - set(_PARSERS)
     if unknown:
-        raise TypeError(f"unknown streamsentinel option(s): {', '.join(sorted(unknown))}")
+        raise TypeError(
+            f"unknown streamsentinel option(s): {', '.join(sorted(unknown))}; "
+            f"known: {', '.join(sorted(_PARSERS))}"
+        )
     values: dict[str, Any] = {}
-    for option, parse in _PARSERS.items():
+    for option, parser in _PARSERS.items():
         if option in options and options[option] is not None:
             raw = options[option]
-            values[option] = parse(str(raw)) if not isinstance(raw, bool) else raw
+            if isinstance(raw, bool) and option == "capture_content":
+                values[option] = raw
+                continue
+            try:
+                if isinstance(raw, bool):
+                    raise ValueError(raw)
+                values[option] = parser.parse(str(raw))
+            except ValueError:
+                raise ValueError(
+                    f"streamsentinel option {option}={raw!r}: expected {parser.allowed}"
+                ) from None
             continue
         var = env_name(option)
         if var in environ:
             try:
-                values[option] = parse(environ[var])
+                values[option] = parser.parse(environ[var])
             except ValueError:
-                _log.warning("config.invalid_env", variable=var, using_default=True)
+                _log.warning(
+                    "config.invalid_env",
+                    variable=var,
+                    value=environ[var][:100],
+                    allowed=parser.allowed,
+                    using_default=getattr(DEFAULTS, option),
+                )
     return Settings(**values)
+
+
+DEFAULTS = Settings()
