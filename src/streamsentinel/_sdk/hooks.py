@@ -21,13 +21,11 @@ from typing import Any
 from .._core.context import CURRENT, IN_FALLBACK
 from .._core.controller import StreamController
 from .._core.lifecycle import Runtime
-from .._core.log import log as _log
 from .._core.ratelimit import json_or_none
 from . import compat
 from .body import apreread, preread
+from .calls import acall, call
 from .patching import original, patch, remove
-from .proxy import ObservedAsyncStream, ObservedStream, adopt
-from .raw import observe_raw
 from .sse import ObservedSSEDecoder
 
 __all__ = ["install", "remove", "set_runtime"]
@@ -82,24 +80,6 @@ def _begin(
         return None
 
 
-def _wrap(ctl: StreamController, result: Any) -> Any:
-    """Put what ``create()`` returned under observation; anything else passes through as is."""
-    try:
-        kind = compat.stream_kind(result)
-        if kind == "sync" or kind == "async":
-            adopt(ctl, result)
-            return (ObservedStream if kind == "sync" else ObservedAsyncStream)(result, ctl)
-        if kind == "raw":
-            return observe_raw(ctl, result)
-        ctl.discard()
-        _log.debug("stream.not_observed", type=type(result).__qualname__)
-        return result
-    except Exception as exc:
-        ctl.rt.errors("wrap", exc)
-        ctl.discard()
-        return result
-
-
 def _serve(
     rt: Runtime, ctl: StreamController, rejected: Any, instance: Any, method: str, kwargs: Any
 ) -> Callable[[], Any]:
@@ -124,15 +104,7 @@ def _entry(operation: str, method: str, is_async: bool) -> _Wrapper:
                 IN_FALLBACK.reset(token)
             rt.served_by_fallback(ctl)
             return served
-        tokens = ctl.enter()
-        try:
-            result = wrapped(*args, **kwargs)
-        except BaseException as exc:
-            ctl.request_failed(exc)
-            raise
-        finally:
-            ctl.exit(tokens)
-        return _wrap(ctl, result)
+        return call(ctl, wrapped, args, kwargs)
 
     async def async_observed(
         wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -153,15 +125,7 @@ def _entry(operation: str, method: str, is_async: bool) -> _Wrapper:
                 IN_FALLBACK.reset(token)
             rt.served_by_fallback(ctl)
             return served
-        tokens = ctl.enter()
-        try:
-            result = await wrapped(*args, **kwargs)
-        except BaseException as exc:
-            ctl.request_failed(exc)
-            raise
-        finally:
-            ctl.exit(tokens)
-        return _wrap(ctl, result)
+        return await acall(ctl, wrapped, args, kwargs)
 
     def sync_plain(
         wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -289,7 +253,7 @@ def _install_all(rt: Runtime) -> None:
     for class_name, is_async in (("SyncAPIClient", False), ("AsyncAPIClient", True)):
         patch(base, class_name, compat.SEND_REQUEST, _send(is_async))
         patch(base, class_name, compat.SLEEP_FOR_RETRY, _sleep(is_async))
-    late_hooks(lambda: _runtime, _wrap)
+    late_hooks(lambda: _runtime)
     compat.check_sse_decoder_factory()
     patch(
         base,

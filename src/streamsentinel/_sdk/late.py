@@ -19,6 +19,7 @@ from typing import Any
 
 from .._core.context import CURRENT
 from . import compat
+from .calls import acall, call
 from .patching import patch
 
 # Path suffixes of the streaming endpoints observed late, most specific first.
@@ -64,7 +65,7 @@ def _begin(rt: Any, client: Any, wrapped: Any, args: tuple[Any, ...], kwargs: di
         return None
 
 
-def late_hooks(runtime: Callable[[], Any], wrap: Callable[[Any, Any], Any]) -> None:
+def late_hooks(runtime: Callable[[], Any]) -> None:
     """Patch ``request`` (sync and async) and the helpers' ``close``."""
 
     def sync_request(
@@ -78,15 +79,7 @@ def late_hooks(runtime: Callable[[], Any], wrap: Callable[[Any, Any], Any]) -> N
         rejected = rt.admit(ctl, request)
         if rejected is not None:
             raise rejected
-        tokens = ctl.enter()
-        try:
-            result = wrapped(*args, **kwargs)
-        except BaseException as exc:
-            ctl.request_failed(exc)
-            raise
-        finally:
-            ctl.exit(tokens)
-        return wrap(ctl, result)
+        return call(ctl, wrapped, args, kwargs)
 
     async def async_request(
         wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -99,15 +92,7 @@ def late_hooks(runtime: Callable[[], Any], wrap: Callable[[Any, Any], Any]) -> N
         rejected = await rt.admit_async(ctl, request)
         if rejected is not None:
             raise rejected
-        tokens = ctl.enter()
-        try:
-            result = await wrapped(*args, **kwargs)
-        except BaseException as exc:
-            ctl.request_failed(exc)
-            raise
-        finally:
-            ctl.exit(tokens)
-        return wrap(ctl, result)
+        return await acall(ctl, wrapped, args, kwargs)
 
     def helper_close(
         wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
