@@ -61,6 +61,12 @@ class Log:
 log = Log()
 
 
+def enabled(level: int) -> bool:
+    """Whether a line at ``level`` may be emitted: False only when it surely is not (structlog not
+    configured and ``logging``'s level above it), so callers skip building its fields."""
+    return structlog.is_configured() or STDLIB.isEnabledFor(level)
+
+
 def debug_enabled() -> bool:
     """Whether streamsentinel's DEBUG lines would be emitted: asked once per stream, never per
     chunk, never cached across streams."""

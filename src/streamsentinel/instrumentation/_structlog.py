@@ -13,11 +13,13 @@ headers, no tracebacks.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from opentelemetry import trace
+from opentelemetry.trace import SpanContext
 
-from .._core.log import log
+from .._core.log import enabled, log
 from ._data import (
     BreakerTransition,
     ChunkEvent,
@@ -33,9 +35,11 @@ from ._data import (
 _OPENED = ("open", "forced_open")
 
 
-def _ids(stream: StreamStart) -> dict[str, Any]:
+def _ids(stream: StreamStart, ctx: SpanContext | None = None) -> dict[str, Any]:
+    """The fields every line of a stream carries (built only for a line that is emitted)."""
     fields: dict[str, Any] = {"operation": stream.operation, "model": stream.model, "server": stream.server}
-    ctx = trace.get_current_span().get_span_context()
+    if ctx is None:
+        ctx = trace.get_current_span().get_span_context()
     if ctx.is_valid:
         fields["trace_id"] = format(ctx.trace_id, "032x")
         fields["span_id"] = format(ctx.span_id, "016x")
@@ -52,13 +56,13 @@ class StructlogSink:
         self._log = log
         self._debug = debug  # () -> bool: whether DEBUG lines are wanted (asked once per stream)
 
-    def start(self, stream: StreamStart) -> dict[str, Any]:
-        ids = _ids(stream)  # the stream's span is current here (see Emitter.start)
+    def start(self, stream: StreamStart) -> SpanContext:
+        ctx = trace.get_current_span().get_span_context()  # the stream's span (see Emitter.start)
         if self._debug is not None and self._debug():
-            self._log.debug("stream.started", **ids)
-        return ids
+            self._log.debug("stream.started", **_ids(stream, ctx))
+        return ctx
 
-    def event(self, stream: StreamStart | None, event: Event, ids: dict[str, Any] | None) -> None:
+    def event(self, stream: StreamStart | None, event: Event, ctx: SpanContext | None) -> None:
         log = self._log
         if stream is None:
             if isinstance(event, DoneMarkerEvent):
@@ -79,7 +83,7 @@ class StructlogSink:
                     to_state=event.to_state,
                 )
             return
-        fields = ids if ids is not None else _ids(stream)
+        fields = _ids(stream, ctx)
         if isinstance(event, RetryEvent):
             log.info(
                 "stream.retry",
@@ -107,8 +111,10 @@ class StructlogSink:
                 log.debug("stream.first_token", ttft_seconds=event.at, **fields)
             log.debug("stream.chunk", chunk=event.index, gap_seconds=event.gap, **fields)
 
-    def end(self, record: StreamRecord, ids: dict[str, Any] | None) -> None:
-        fields = dict(ids) if ids is not None else _ids(record.start)
+    def end(self, record: StreamRecord, ctx: SpanContext | None) -> None:
+        if not enabled(logging.INFO if record.error_type is None else logging.WARNING):
+            return  # the line would be dropped: build nothing
+        fields = _ids(record.start, ctx)
         if record.reason is not None:
             truncated: dict[str, Any] = {
                 "reason": record.reason,
