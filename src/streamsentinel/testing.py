@@ -14,7 +14,13 @@ that ends inside the block, so a test can assert what was recorded without Prome
 
 Records are collected while streamsentinel is instrumented (``instrument()`` adds the capturing
 sink to every runtime); a stream dropped without ``close()`` is ended by a background thread:
-:func:`settle` waits for it.
+:func:`settle` waits for it. :func:`instrumented` instruments for a block unless something else
+already did.
+
+Installed with the package, ``streamsentinel.pytest_plugin`` (a pytest plugin, loaded through the
+``pytest11`` entry point) turns these into fixtures: ``streamsentinel_server`` (a started fault
+server), ``streamsentinel_client`` / ``streamsentinel_async_client`` (OpenAI clients pointed at
+it) and ``streamsentinel_records`` (``capture()`` around the test, instrumented).
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from typing import Any
 
 from .instrumentation import Event, StreamRecord, StreamStart
 
-__all__ = ["RecordingSink", "capture", "settle"]
+__all__ = ["RecordingSink", "capture", "instrumented", "settle"]
 
 
 class RecordingSink:
@@ -90,6 +96,39 @@ def capture() -> Iterator[list[StreamRecord]]:
         settle()
         with CAPTURE_SINK._lock:
             CAPTURE_SINK.open.remove(records)
+
+
+@contextmanager
+def instrumented(**options: Any) -> Iterator[bool]:
+    """Instrument streamsentinel with ``options`` (``instrument()``'s keyword arguments) for the
+    block, unless it already is; at the end, uninstrument only if this block instrumented.
+
+    Yields:
+        True if this block instrumented (and will uninstrument), False if streamsentinel was
+        already instrumented (by the application, a broader fixture...), which is then left alone.
+
+    Raises:
+        RuntimeError: streamsentinel is already instrumented with options other than ``options``
+            (``options`` empty: whatever it was instrumented with is accepted).
+        TypeError, ValueError: as ``instrument()``, for invalid options.
+    """
+    import streamsentinel
+
+    active = streamsentinel._active
+    if active is not None:
+        given = {k: v for k, v in options.items() if v is not None and v != ()}  # as instrument()
+        if given and not streamsentinel._same(active[0], given):
+            raise RuntimeError(
+                f"streamsentinel is already instrumented with {active[0]!r}, not {options!r}: "
+                "instrument it with these options where it is instrumented, or uninstrument it first"
+            )
+        yield False
+        return
+    streamsentinel.instrument(**options)
+    try:
+        yield True
+    finally:
+        streamsentinel.uninstrument()
 
 
 def settle(timeout: float = 30.0) -> None:
