@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint rules bench clean
+.PHONY: demo test lint rules promtool test-loaded bench bench-startup clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,8 +22,23 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check src tests benchmarks examples dashboards
 	$(BIN)/mypy
 
-# Prometheus rules: promtool from PATH (.ci/run installs it: Debian's `prometheus` package).
-rules:
+# promtool (and /usr/bin/prometheus, for tests/test_prometheus_proof.py): Debian's `prometheus`
+# package, installed here when promtool is missing and we are root with apt-get; else the exact
+# command to run, and a failure.
+promtool:
+	@command -v promtool >/dev/null 2>&1 && exit 0; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "promtool not found: installing Debian's prometheus package"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus; \
+	else \
+		echo "make test needs promtool: run  sudo apt-get install --no-install-recommends prometheus" >&2; \
+		echo "(Debian/Ubuntu; elsewhere put promtool from https://prometheus.io/download/ on PATH)" >&2; \
+		exit 1; \
+	fi
+
+# Prometheus rules: promtool from PATH (the promtool target installs it).
+rules: promtool
 	@command -v promtool >/dev/null 2>&1 || { echo "promtool not found on PATH: install Prometheus (apt-get install prometheus; .ci/run does it)" >&2; exit 1; }
 	promtool check rules dashboards/alerts.yml
 	promtool test rules dashboards/alerts.test.yml
@@ -31,8 +46,17 @@ rules:
 test: lint rules
 	$(BIN)/pytest $(PYTEST_ARGS)
 
+# The whole suite with two CPU-bound processes beside it (killed at the end): no test may depend on
+# the machine's speed. PYTEST_ARGS as for test; LOAD_PROCS=n for another number of busy loops.
+test-loaded: $(STAMP) promtool
+	scripts/test-loaded $(PYTEST_ARGS)
+
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_overhead.py
+
+# Interpreter start-up under `streamsentinel run` vs plain (a process that never imports openai, one that does).
+bench-startup: $(STAMP)
+	$(BIN)/python benchmarks/bench_startup.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
