@@ -122,10 +122,14 @@ class StreamState:
     def complete(self, operation: Operation, *, closed_early: bool = False) -> bool:
         """Whether the stream reached its terminal marker (``taxonomy.is_complete``)."""
         wire = self.wire
+        # The terminal event matters to the Responses API only (and reading it off the wire costs).
+        terminal = operation == "responses" and (
+            self.terminal is not None or (wire is not None and wire.terminal_seen)
+        )
         return is_complete(
             operation,
             wire.done if wire is not None else None,
-            self.terminal is not None or (wire is not None and wire.terminal_seen),
+            terminal,
             bool(self.finish_reasons),
             closed_early=closed_early,
         )

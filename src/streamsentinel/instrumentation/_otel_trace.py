@@ -144,9 +144,12 @@ class OTelTraceSink:
             "streamsentinel.outcome": record.outcome,
             "streamsentinel.chunks": record.chunks,
             "streamsentinel.max_chunk_gap": record.max_gap,
-            "streamsentinel.retries": record.sdk_retries,
-            "streamsentinel.sentinel_retries": record.sentinel_retries,
         }
+        # Only what happened: every attribute costs the SDK a validation and the exporter bytes.
+        if record.sdk_retries:
+            attrs["streamsentinel.retries"] = record.sdk_retries
+        if record.sentinel_retries:
+            attrs["streamsentinel.sentinel_retries"] = record.sentinel_retries
         if record.done_seen is not None:
             attrs["streamsentinel.done_seen"] = record.done_seen
         if record.reason is not None:
