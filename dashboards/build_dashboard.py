@@ -453,6 +453,33 @@ def build() -> dict[str, Any]:
             max_val=1,
         )
     )
+    d = d.with_row(b.row("Fleet (shared state in Redis)"))
+    d = d.with_panel(
+        b.ts(
+            "Shared state store",
+            "Fleet mode (README: Running a fleet). Processes running on their local state because Redis "
+            "is unreachable (openai_stream_store_fallback; alert StreamStateStoreUnavailable), failed "
+            "store calls per second by operation, and requests rejected without a request by reason "
+            "(circuit_open, rate_limit_pause, quota_pause).",
+            "short",
+            [
+                ("sum(openai_stream_store_fallback)", "processes on local state"),
+                (
+                    f"sum by (operation) (rate(openai_stream_store_errors_total{RI}))",
+                    "store errors/s {{operation}}",
+                ),
+                (
+                    f"sum by (reason) ({rate('openai_stream_rejections_total')})",
+                    "rejected/s {{reason}}",
+                ),
+                (
+                    "max by (server, model, kind) (openai_stream_rate_limit_paused)",
+                    "paused {{server}} {{model}} ({{kind}})",
+                ),
+            ],
+            width=24,
+        )
+    )
 
     result: dict[str, Any] = json.loads(json.dumps(d.build(), cls=JSONEncoder))
     return result

@@ -27,6 +27,7 @@ REQUIRED_ALERTS = {
     "QuotaExhausted",
     "TimeToFirstTokenP95High",
     "StreamStalls",
+    "StreamStateStoreUnavailable",
 }
 
 

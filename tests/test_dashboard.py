@@ -78,6 +78,7 @@ def test_every_panel_has_a_description_a_unit_and_a_target(dashboard: dict[str, 
         "Latency",
         "Tokens",
         "Circuit breaker",
+        "Fleet (shared state in Redis)",
     }
     assert any(p["type"] == "state-timeline" for p in panels)
 
@@ -96,6 +97,8 @@ def test_every_query_filters_by_the_variables(dashboard: dict[str, Any]) -> None
             expr = target["expr"]
             if "openai_stream_circuit_" in expr:
                 assert "$server" not in expr, expr  # breaker metrics carry only ``breaker``
+            elif "openai_stream_store_" in expr or "openai_stream_rate_limit_paused" in expr:
+                assert "$operation" not in expr, expr  # per process / per server and model only
             else:
                 for metric in METRIC.finditer(expr):
                     assert expr[metric.end() :].startswith("{" + selector), expr

@@ -79,3 +79,11 @@ def test_demo_read_timeout_longer_than_the_stalls_accounts_exactly(
     # Each stall ended one way: the server closed it after stall_seconds, or the client left.
     assert all(r.stall_expired is not r.client_disconnected for r in stalls)
     assert all(r.stall_seconds is not None for r in stalls)
+
+
+def test_demo_fleet_shares_one_breaker_across_processes(capsys: pytest.CaptureFixture[str]) -> None:
+    code = demo_main(["--scenario", "fleet", "--metrics-port", "0"])
+    out = capsys.readouterr().out
+    assert "accounting: OK" in out, out
+    assert "probes permitted fleet-wide" in out
+    assert code == 0

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 # Light: importing the package imports neither openai, OpenTelemetry nor prometheus_client (a
 # process started under `streamsentinel run` pays nothing until it uses them).
@@ -105,6 +105,14 @@ def instrument(
     breaker_key: BreakerKey | None = None,
     breaker_fallback: Fallback | None = None,
     breaker_store: BreakerStore | None = None,
+    redis_url: str | None = None,
+    redis_client: Any = None,
+    redis_prefix: str | None = None,
+    redis_timeout: float | None = None,
+    fleet_min_processes: int | None = None,
+    fleet_refresh_interval: float | None = None,
+    rate_limit_pause: Literal["off", "wait", "reject"] | None = None,
+    quota_pause_seconds: float | None = None,
 ) -> None:
     """Patch the ``openai`` package so every streaming call is observed.
 
@@ -146,7 +154,26 @@ def instrument(
             (default ``"{server}/{model}"``).
         breaker_fallback: another model name, or ``(request kwargs) -> stream``, serving rejected
             calls; default: raise ``CircuitOpenError``.
-        breaker_store: where breaker state lives (default: in this process).
+        breaker_store: where breaker state lives (default: in this process; in Redis with
+            ``redis_url``/``redis_client``).
+        redis_url: fleet mode (README "Running a fleet"): share the breakers' OPEN decisions and
+            probes, the retry budget and rate-limit pauses with every process using the same Redis
+            (default: ``STREAMSENTINEL_REDIS_URL``; unset: nothing is shared). Needs
+            ``streamsentinel[redis]``. Never logged (it may hold a password).
+        redis_client: a ``redis.Redis`` you built (Sentinel, Cluster, TLS, Valkey), instead of
+            ``redis_url``; its own socket timeout bounds the inline probe lease.
+        redis_prefix: put before every Redis key (default ``streamsentinel:``).
+        redis_timeout: seconds an inline HALF_OPEN probe lease may take before the process falls
+            back to its local breaker (default 0.25).
+        fleet_min_processes: processes whose own windows must trip before a breaker opens
+            fleet-wide (default 1).
+        fleet_refresh_interval: seconds between background reads of the fleet's state (default 1).
+        rate_limit_pause: what a call does while a fleet-wide pause (a 429 with a server delay,
+            ``insufficient_quota``) holds its server/model: ``"off"`` (default: sent anyway; the
+            pause is only shared and exported), ``"wait"`` (sleep it out, if within
+            ``retry_time_budget``) or ``"reject"`` (raise ``openai.RateLimitError`` at once, no
+            request).
+        quota_pause_seconds: how long an ``insufficient_quota`` pauses its server (default 60).
 
     Each option falls back to its ``STREAMSENTINEL_*`` variable (see ``streamsentinel._core.config``).
 

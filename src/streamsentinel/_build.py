@@ -7,13 +7,17 @@ built-in sink is one line in :func:`default_sinks`.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ._core.config import breaker_config, resolve, warn_unknown_variables
+from ._core.config import Settings, breaker_config, resolve, warn_unknown_variables
 from ._core.done_marker import POLICIES
 from ._core.lifecycle import Runtime
 from ._core.log import debug_enabled
+
+if TYPE_CHECKING:
+    from ._resilience.fleet import Fleet
 
 _NOT_SETTINGS = frozenset(
     {
@@ -26,8 +30,11 @@ _NOT_SETTINGS = frozenset(
         "breaker_fallback",
         "breaker_store",
         "done_marker",
+        "redis_url",
+        "redis_client",
     }
 )
+REDIS_URL_VARIABLE = "STREAMSENTINEL_REDIS_URL"
 
 
 def _version() -> str:
@@ -78,6 +85,7 @@ def build_runtime(options: dict[str, Any]) -> Runtime:
             raise ValueError(f"done_marker[{server!r}]={policy!r}: expected one of {', '.join(POLICIES)}")
     breaker = breaker_config(options.get("breaker"))
     sinks = [*default_sinks(options), *options.get("sinks", ())]
+    fleet = build_fleet(options, settings)
     return Runtime(
         settings,
         sinks,
@@ -85,5 +93,42 @@ def build_runtime(options: dict[str, Any]) -> Runtime:
         breaker_key=options.get("breaker_key"),
         breaker_fallback=options.get("breaker_fallback"),
         breaker_store=options.get("breaker_store"),
+        fleet=fleet,
         done_marker_servers=by_server,  # type: ignore[arg-type]  # checked against POLICIES
     )
+
+
+def build_fleet(options: Mapping[str, Any], settings: Settings) -> Fleet | None:
+    """The shared state of fleet mode (README "Running a fleet"), or None without Redis: the option
+    ``redis_client`` (a ``redis.Redis`` the user built), else ``redis_url``, else the variable
+    ``STREAMSENTINEL_REDIS_URL``. Never connects here (the background thread does), so a Redis that
+    is down does not stop ``instrument()``; the URL is never logged."""
+    client = options.get("redis_client")
+    url = options.get("redis_url") or os.environ.get(REDIS_URL_VARIABLE, "").strip() or None
+    if client is None and url is None:
+        return None
+    from ._resilience.fleet import Fleet, import_redis
+
+    kwargs: dict[str, Any] = {
+        "prefix": settings.redis_prefix,
+        "refresh_interval": settings.fleet_refresh_interval,
+        "timeout": settings.redis_timeout,
+        "min_processes": settings.fleet_min_processes,
+        "quota_pause": settings.quota_pause_seconds,
+        "pause_mode": settings.rate_limit_pause,
+    }
+    if client is not None:
+        if not callable(getattr(client, "register_script", None)):
+            raise TypeError(f"redis_client={type(client).__qualname__}: expected a redis.Redis client")
+        return Fleet(client, **kwargs)
+    if not isinstance(url, str):
+        raise TypeError("redis_url: expected a string such as redis://host:6379/0")
+    redis = import_redis()
+    try:
+        redis.connection.parse_url(url)
+    except ValueError:
+        # The message would hold the URL (and its password): say what is wrong, not what it was.
+        raise ValueError(
+            "redis_url (or STREAMSENTINEL_REDIS_URL): not a Redis URL (redis://, rediss:// or unix://)"
+        ) from None
+    return Fleet.from_url(url, **kwargs)

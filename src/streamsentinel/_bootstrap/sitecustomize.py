@@ -77,8 +77,10 @@ def _loading(name: str, finished: str) -> bool:
     imported right now (in sys.modules, its top level not finished)."""
     prefix = name + "."
     for key, module in list(sys.modules.items()):
-        if key != finished and (key == name or key.startswith(prefix)) and getattr(
-            getattr(module, "__spec__", None), "_initializing", False
+        if (
+            key != finished
+            and (key == name or key.startswith(prefix))
+            and getattr(getattr(module, "__spec__", None), "_initializing", False)
         ):
             return True
     return False

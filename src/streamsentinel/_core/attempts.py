@@ -87,6 +87,9 @@ class Attempts:
                 kind = classify_429(body, headers)
                 self.last_reason = rate_limit_error_type(kind)
                 self.rate_limited(kind, 429)
+                fleet = getattr(self.rt, "fleet", None)
+                if fleet is not None:  # fleet mode: a pause for every process (README "Running a fleet")
+                    fleet.on_429(kind, retry_delay_seconds(headers), self.stream.server, self.stream.model)
             elif status >= 400:
                 self.last_reason = status_error_type(status)
         except Exception as exc:

@@ -21,6 +21,15 @@ invalid environment value never breaks the host: it is logged once and the defau
 | ``stall_timeout`` | ``STREAMSENTINEL_STALL_TIMEOUT`` | seconds >= 0 (0: off) | ``0`` |
 | ``resume`` | ``STREAMSENTINEL_RESUME`` | ``off``, ``replay``, ``responses`` | ``off`` |
 | ``done_marker`` | ``STREAMSENTINEL_DONE_MARKER`` | ``auto``, ``strict``, ``lenient`` | ``auto`` |
+| ``redis_prefix`` | ``STREAMSENTINEL_REDIS_PREFIX`` | 1..100 characters | ``streamsentinel:`` |
+| ``rate_limit_pause`` | ``STREAMSENTINEL_RATE_LIMIT_PAUSE`` | ``off``, ``wait``, ``reject`` | ``off`` |
+| ``fleet_min_processes`` | ``STREAMSENTINEL_FLEET_MIN_PROCESSES`` | int >= 1 | ``1`` |
+| ``fleet_refresh_interval`` | ``STREAMSENTINEL_FLEET_REFRESH_INTERVAL`` | seconds > 0 | ``1.0`` |
+| ``redis_timeout`` | ``STREAMSENTINEL_REDIS_TIMEOUT`` | seconds > 0 | ``0.25`` |
+| ``quota_pause_seconds`` | ``STREAMSENTINEL_QUOTA_PAUSE_SECONDS`` | seconds > 0 | ``60.0`` |
+
+Fleet mode (the last six, README "Running a fleet") is on when ``redis_url``/``redis_client`` is given
+or ``STREAMSENTINEL_REDIS_URL`` is set (read in ``_build.py``; its value is never logged).
 
 The circuit breaker's settings come as one ``BreakerConfig`` (option ``breaker``) or as
 ``STREAMSENTINEL_BREAKER_<FIELD>`` variables, one per field (see :func:`breaker_config`).
@@ -42,6 +51,7 @@ from .done_marker import DoneMarker
 from .log import log
 
 OnTruncation = Literal["raise", "record"]
+RateLimitPause = Literal["off", "wait", "reject"]
 ChunkEvents = Literal["anomalies", "all", "none"]
 
 _T = TypeVar("_T")
@@ -68,6 +78,12 @@ class Settings:
     stall_timeout: float = 0.0
     resume: ResumeStrategy = "off"
     done_marker: DoneMarker = "auto"
+    redis_prefix: str = "streamsentinel:"
+    rate_limit_pause: RateLimitPause = "off"
+    fleet_min_processes: int = 1
+    fleet_refresh_interval: float = 1.0
+    redis_timeout: float = 0.25
+    quota_pause_seconds: float = 60.0
 
 
 def parse_bool(raw: str) -> bool:
@@ -117,6 +133,12 @@ def _bounded(
     return _Parser(parse, f"{name} {bounds}")
 
 
+def _prefix(raw: str) -> str:
+    if not 1 <= len(raw) <= 100 or not raw.isprintable() or " " in raw:
+        raise ValueError(raw)
+    return raw
+
+
 def _positive(kind: Callable[[str], _T]) -> _Parser:
     return _bounded(kind, 0.0, open_low=True)
 
@@ -138,6 +160,12 @@ _PARSERS: dict[str, _Parser] = {
     "stall_timeout": _bounded(float, 0.0),
     "resume": _choice("off", "replay", "responses"),
     "done_marker": _choice("auto", "strict", "lenient"),
+    "redis_prefix": _Parser(_prefix, "1 to 100 printable characters without spaces"),
+    "rate_limit_pause": _choice("off", "wait", "reject"),
+    "fleet_min_processes": _bounded(int, 1),
+    "fleet_refresh_interval": _positive(float),
+    "redis_timeout": _positive(float),
+    "quota_pause_seconds": _positive(float),
 }
 
 # STREAMSENTINEL_* variables read elsewhere (not options of instrument()).

@@ -8,11 +8,13 @@ context of a plain call. Everything after that is the controller's. The SDK laye
 
 from __future__ import annotations
 
+import asyncio
+import math
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from time import perf_counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx2
 
@@ -22,7 +24,7 @@ from .._resilience.retry import RetryBudget, RetryPolicy
 from .._resilience.store import BreakerStore
 from .._resilience.watchdog import Watchdog
 from ..errors import CircuitOpenError
-from ..instrumentation._data import Event, StreamStart
+from ..instrumentation._data import Event, Rejection, StreamStart
 from .attempts import Attempts
 from .chunks import PREAMBLE, READERS
 from .config import Settings
@@ -34,6 +36,9 @@ from .log import debug_enabled
 from .log import log as _log
 from .reaper import REAPER
 from .taxonomy import Operation
+
+if TYPE_CHECKING:
+    from .._resilience.fleet import Fleet
 
 OTHER = "_other"
 _PARAMS = ("max_tokens", "max_completion_tokens", "max_output_tokens", "temperature", "top_p", "n")
@@ -80,6 +85,7 @@ class Runtime:
         breaker_key: BreakerKey | None = None,
         breaker_fallback: Fallback | None = None,
         breaker_store: BreakerStore | None = None,
+        fleet: Fleet | None = None,
         done_marker_servers: Mapping[str, DoneMarker] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -100,12 +106,28 @@ class Runtime:
             time_budget=settings.retry_time_budget,
             resume=settings.resume,
         )
-        self.budget = RetryBudget(
-            settings.retry_budget_ratio,
-            settings.retry_budget_window,
-            settings.retry_budget_min_retries,
-            clock=clock,
-        )
+        self.fleet = fleet
+        if fleet is not None:
+            from .._resilience.fleet import FleetRetryBudget
+            from .._resilience.redis_store import RedisBreakerStore
+
+            fleet.attach(self._breaker_event)
+            self.budget: RetryBudget = FleetRetryBudget(
+                fleet,
+                settings.retry_budget_ratio,
+                settings.retry_budget_window,
+                settings.retry_budget_min_retries,
+                clock=clock,
+            )
+            if breaker_store is None:
+                breaker_store = RedisBreakerStore(fleet, breaker)
+        else:
+            self.budget = RetryBudget(
+                settings.retry_budget_ratio,
+                settings.retry_budget_window,
+                settings.retry_budget_min_retries,
+                clock=clock,
+            )
         self.watchdog = Watchdog(settings.first_token_timeout or None, settings.stall_timeout or None)
         self.circuits = Circuits(
             breaker, self._breaker_event, key=breaker_key, fallback=breaker_fallback, store=breaker_store
@@ -190,11 +212,41 @@ class Runtime:
             retry_after=self.circuits.store.retry_after(name),
             request=httpx2.Request("POST", f"http://{ctl.stream.server_address}"),
         )
+        ctl.s.events.append(Rejection("circuit_open"))
         ctl._finish("rejected", None)
         return error
 
-    def admit(self, ctl: StreamController, request: Mapping[str, Any]) -> CircuitOpenError | None:
-        """Ask the call's breaker for a permit; the ``CircuitOpenError`` to raise when refused."""
+    # -- fleet-wide rate-limit pauses (fleet mode, rate_limit_pause="wait"|"reject") ---------------
+
+    def _pause(self, ctl: StreamController) -> float | Exception | None:
+        """Seconds to wait before sending, the error to raise, or None (no pause holds the call)."""
+        fleet = self.fleet
+        if fleet is None or fleet.pause_mode == "off":
+            return None
+        try:
+            stream = ctl.stream
+            remaining, kind = fleet.pause_remaining(stream.server, stream.model, time.monotonic())
+            if remaining <= 0.0:
+                return None
+            if fleet.pause_mode == "wait" and remaining <= self.settings.retry_time_budget:
+                return remaining
+            error = _rate_limit_error(stream, remaining, kind)
+            ctl.s.events.append(Rejection("quota_pause" if kind == "quota" else "rate_limit_pause"))
+            ctl._finish("rejected", None)
+            return error
+        except Exception as exc:
+            self.errors("pause", exc)
+            return None
+
+    def admit(self, ctl: StreamController, request: Mapping[str, Any]) -> Exception | None:
+        """Wait out or refuse a fleet-wide pause, then ask the call's breaker for a permit; the
+        exception to raise when refused (``CircuitOpenError``, ``openai.RateLimitError``)."""
+        if self.fleet is not None:
+            paused = self._pause(ctl)
+            if isinstance(paused, Exception):
+                return paused
+            if paused is not None:
+                time.sleep(paused)
         if not self.circuits.enabled:
             return None
         try:
@@ -204,8 +256,14 @@ class Runtime:
             self.errors("breaker", exc)
             return None
 
-    async def admit_async(self, ctl: StreamController, request: Mapping[str, Any]) -> CircuitOpenError | None:
+    async def admit_async(self, ctl: StreamController, request: Mapping[str, Any]) -> Exception | None:
         """:meth:`admit` on an event loop (the store may do I/O)."""
+        if self.fleet is not None:
+            paused = self._pause(ctl)
+            if isinstance(paused, Exception):
+                return paused
+            if paused is not None:
+                await asyncio.sleep(paused)
         if not self.circuits.enabled:
             return None
         try:
@@ -218,7 +276,7 @@ class Runtime:
     def fallback(
         self,
         ctl: StreamController,
-        error: CircuitOpenError,
+        error: Exception,
         create: Callable[..., Any],
         request: Mapping[str, Any],
     ) -> Callable[[], Any]:
@@ -257,4 +315,37 @@ class Runtime:
     def close(self) -> None:
         """Stop the watchdog thread and tell the sinks (``uninstrument()``)."""
         self.watchdog.stop()
+        if self.fleet is not None:
+            self.fleet.close()
         self.emitter.close()
+
+
+def _rate_limit_error(stream: StreamStart, remaining: float, kind: str) -> Exception:
+    """The ``openai.RateLimitError`` the SDK would have raised for the 429 that a fleet-wide pause
+    stands for (built from a synthetic 429 response; no request was made)."""
+    import openai
+
+    quota = kind == "quota"
+    message = (
+        f"streamsentinel: {stream.server_address} is paused fleet-wide for {remaining:.3f}s after "
+        + ("an insufficient_quota 429" if quota else "a 429 with a server delay")
+        + " (rate_limit_pause='reject'; no request was sent)"
+    )
+    error = {
+        "message": message,
+        "type": "insufficient_quota" if quota else "requests",
+        "param": None,
+        "code": "insufficient_quota" if quota else "rate_limit_exceeded",
+    }
+    request = httpx2.Request("POST", f"https://{stream.server_address}/v1")
+    response = httpx2.Response(
+        429,
+        request=request,
+        json={"error": error},
+        headers={
+            "retry-after-ms": str(max(int(remaining * 1000), 1)),
+            "retry-after": str(max(math.ceil(remaining), 1)),
+            "x-streamsentinel-rejected": "quota_pause" if quota else "rate_limit_pause",
+        },
+    )
+    return openai.RateLimitError(f"Error code: 429 - {{'error': {error!r}}}", response=response, body=error)

@@ -69,6 +69,9 @@ class Circuits:
         self.fallback = fallback
         self._emit = emit
         self.store: BreakerStore = store or InMemoryBreakerStore(config, listeners=[_ToEvents(emit)])
+        attach = getattr(self.store, "attach_events", None)
+        if store is not None and attach is not None:  # a store that emits (RedisBreakerStore)
+            attach(emit, _ToEvents(emit))
         self._seen: set[str] = set()
         self._lock = threading.Lock()
 

@@ -18,6 +18,7 @@ import time
 import urllib.parse
 from collections import Counter
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -92,10 +93,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-file", type=Path, help="structlog JSON lines (default: a temp file)")
     parser.add_argument(
         "--scenario",
-        choices=["faults", "outage", "clean"],
+        choices=["faults", "outage", "clean", "fleet"],
         default="faults",
         help="faults: a seeded mix of every fault; outage: healthy, then every request fails until "
-        "the circuit breaker opens, then recovery until it closes again; clean: no fault at all",
+        "the circuit breaker opens, then recovery until it closes again; clean: no fault at all; "
+        "fleet: 4 worker processes share one breaker through Redis",
+    )
+    parser.add_argument(
+        "--redis-url", help="fleet scenario: this Redis (default: a private redis-server the demo starts)"
     )
     return parser
 
@@ -213,8 +218,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def _fleet(args: argparse.Namespace, console: Console) -> int:
+    """``--scenario fleet``: worker processes sharing one breaker (``demo/fleet.py``)."""
+    from .._resilience.local_redis import LocalRedis
+    from .fleet import run_fleet
+
+    with ChaosServer(FaultPlan(), seed=args.seed) as server, ExitStack() as stack:
+        redis_url = args.redis_url
+        if not redis_url:
+            try:
+                redis_url = stack.enter_context(LocalRedis())
+            except (FileNotFoundError, RuntimeError) as err:
+                raise DemoError(f"{err} (or pass --redis-url)", 2) from None
+        console.print(f"target: {server.base_url}   redis: a fleet of 4 worker processes")
+        try:
+            rows = run_fleet(server.base_url, redis_url, lambda: server.arrivals)
+        except RuntimeError as err:
+            raise DemoError(str(err), 1) from None
+    console.print(_table(rows))
+    bad = [row for row in rows if not row.ok]
+    if bad:
+        console.print(f"[bold red]accounting: MISMATCH[/] in {len(bad)} row(s)")
+        return 1
+    console.print("[bold green]accounting: OK[/]")
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
     console = Console()
+    if args.scenario == "fleet":
+        return _fleet(args, console)
     recordings: list[Recording] = []
     api_key = "demo-key"  # the fault server takes any key
     if args.base_url:

@@ -26,10 +26,14 @@ __all__ = [
     "Event",
     "GapEvent",
     "InStreamErrorEvent",
+    "PauseEvent",
     "RateLimitEvent",
     "RateLimitHeaders",
+    "Rejection",
     "ResumeEvent",
     "RetryEvent",
+    "StoreError",
+    "StoreFallback",
     "StreamRecord",
     "StreamStart",
 ]
@@ -171,6 +175,45 @@ class BreakerRates:
 
 
 @dataclass(frozen=True, slots=True)
+class StoreError:
+    """A call to the shared state store (Redis, fleet mode) failed; ``operation``: ``refresh``,
+    ``lease``, ``write`` or ``queue_full`` (a background write dropped: the queue was full)."""
+
+    operation: Literal["refresh", "lease", "write", "queue_full"]
+
+
+@dataclass(frozen=True, slots=True)
+class StoreFallback:
+    """The process runs on its local state (``active``: Redis unreachable) or shares again."""
+
+    active: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PauseEvent:
+    """A fleet-wide rate-limit pause began (``seconds`` > 0: how long) or ended (0.0). ``kind``:
+    ``rate_limit`` (a 429 with a server delay: ``server``/``model``) or ``quota``
+    (``insufficient_quota``: the whole ``server``, ``model`` ``*``). ``server``/``model`` are bounded
+    label values."""
+
+    server: str
+    model: str
+    kind: Literal["rate_limit", "quota"]
+    seconds: float
+
+
+RejectReason = Literal["circuit_open", "rate_limit_pause", "quota_pause"]
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """In a ``rejected`` stream's timeline: why no request was made (an open breaker, or a fleet-wide
+    pause with ``rate_limit_pause="reject"``)."""
+
+    reason: RejectReason
+
+
+@dataclass(frozen=True, slots=True)
 class StreamRecord:
     """One logical stream request, classified once, when it ended.
 
@@ -269,5 +312,9 @@ Event = (
     | BreakerState
     | BreakerCall
     | BreakerRates
+    | StoreError
+    | StoreFallback
+    | PauseEvent
+    | Rejection
 )
 """Everything a sink's ``event()`` may receive."""

@@ -67,8 +67,11 @@ from ._data import (
     BreakerTransition,
     Event,
     RateLimitEvent,
+    Rejection,
     ResumeEvent,
     RetryEvent,
+    StoreError,
+    StoreFallback,
     StreamRecord,
     StreamStart,
 )
@@ -108,6 +111,8 @@ BREAKER_NAME = "streamsentinel.breaker.name"
 BREAKER_STATE = "streamsentinel.breaker.state"
 BREAKER_FROM_STATE = "streamsentinel.breaker.from_state"
 BREAKER_TO_STATE = "streamsentinel.breaker.to_state"
+REJECT_REASON = "streamsentinel.reject.reason"
+STORE_OPERATION = "streamsentinel.store.operation"
 
 _CHAT = gen_ai.GenAiOperationNameValues.CHAT.value
 SEMCONV_OPERATION = {
@@ -197,6 +202,12 @@ class OTelMetricsSink:
         self.transitions = count(b + "transitions", "{transition}", "Circuit breaker state transitions.")
         self.not_permitted = count(b + "not_permitted", "{call}", "Calls an open breaker rejected.")
         self.fallbacks = count(b + "fallbacks", "{call}", "Calls a breaker's fallback served.")
+        st = "streamsentinel.store."
+        self.store_errors = count(st + "errors", "{error}", "Failed calls to the shared store (Redis).")
+        self.rejections = count(
+            s + "rejections", "{request}", "Requests rejected with no request, by reason."
+        )
+        self._fallback: int | None = None
         self._lock = threading.Lock()
         self._states: dict[str, str] = {}
         self._rates: dict[str, tuple[float, float]] = {}
@@ -204,6 +215,7 @@ class OTelMetricsSink:
         gauge(b + "state", [self._observe_states], "1", "1 for the breaker's current state, 0 for others.")
         gauge(b + "failure_rate", [self._rate_callback(0)], "1", "Sliding-window failure rate, 0..1.")
         gauge(b + "slow_call_rate", [self._rate_callback(1)], "1", "Sliding-window slow-call rate, 0..1.")
+        gauge(st + "fallback", [self._observe_fallback], "1", "1 while running on local state (Redis down).")
 
     def start(self, stream: StreamStart) -> None:
         return None
@@ -213,6 +225,11 @@ class OTelMetricsSink:
         own = _own(st)
         by_outcome = {**own, OUTCOME: record.outcome}
         self.requests.add(1, by_outcome)
+        if record.outcome == "rejected":
+            for item in record.events:
+                if isinstance(item, Rejection):
+                    self.rejections.add(1, {**own, REJECT_REASON: item.reason})
+                    break
         self.duration.record(record.duration, by_outcome)
         if record.reason is not None:
             self.truncations.add(1, {**own, TRUNCATION_REASON: record.reason})
@@ -283,6 +300,10 @@ class OTelMetricsSink:
         elif isinstance(event, BreakerRates):
             with self._lock:
                 self._rates[event.breaker] = (event.failure_rate, event.slow_call_rate)
+        elif isinstance(event, StoreError):
+            self.store_errors.add(1, {STORE_OPERATION: event.operation})
+        elif isinstance(event, StoreFallback):
+            self._fallback = 1 if event.active else 0
         # RateLimitHeaders, ChunkEvent, GapEvent, InStreamErrorEvent: nothing (the record has them).
 
     def close(self) -> None:
@@ -290,6 +311,9 @@ class OTelMetricsSink:
         with self._lock:
             self._states.clear()
             self._rates.clear()
+
+    def _observe_fallback(self, options: CallbackOptions) -> Iterable[Observation]:
+        return [] if self._fallback is None else [Observation(self._fallback)]
 
     def _observe_states(self, options: CallbackOptions) -> Iterable[Observation]:
         with self._lock:

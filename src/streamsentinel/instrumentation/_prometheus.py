@@ -23,10 +23,14 @@ from ._data import (
     BreakerTransition,
     DoneMarkerEvent,
     Event,
+    PauseEvent,
     RateLimitEvent,
     RateLimitHeaders,
+    Rejection,
     ResumeEvent,
     RetryEvent,
+    StoreError,
+    StoreFallback,
     StreamRecord,
     StreamStart,
 )
@@ -199,6 +203,35 @@ class Metrics:
             multiprocess_mode="mostrecent",
             **kw,
         )
+        # Fleet mode (README "Running a fleet").
+        self.rejections = Counter(
+            "openai_stream_rejections_total",
+            "Requests rejected without an HTTP request, by reason (circuit_open, rate_limit_pause, "
+            'quota_pause); each is also an openai_stream_requests_total{outcome="rejected"}.',
+            [*b, "reason"],
+            **kw,
+        )
+        self.store_errors = Counter(
+            "openai_stream_store_errors_total",
+            "Failed calls to the shared state store (Redis), by operation (refresh, lease, write, "
+            "queue_full).",
+            ["operation"],
+            **kw,
+        )
+        self.store_fallback = Gauge(
+            "openai_stream_store_fallback",
+            "1 while this process runs on local state because the shared store (Redis) is unreachable.",
+            multiprocess_mode="livemax",
+            **kw,
+        )
+        self.rate_limit_paused = Gauge(
+            "openai_stream_rate_limit_paused",
+            "1 while a fleet-wide pause holds a server/model (kind rate_limit: a 429 with a server "
+            "delay; quota: insufficient_quota, model *).",
+            ["server", "model", "kind"],
+            multiprocess_mode="livemax",
+            **kw,
+        )
         self.families = [v for v in vars(self).values() if isinstance(v, (Counter, Gauge, Histogram))]
         if registry is not None:
             self.register(registry)
@@ -282,6 +315,11 @@ class PrometheusSink:
             bound(m.in_flight).dec()  # first: whatever follows, the stream is no longer in flight
         outcome = record.outcome
         bound(m.requests, outcome).inc()
+        if outcome == "rejected":
+            for event in record.events:
+                if isinstance(event, Rejection):
+                    bound(m.rejections, event.reason).inc()
+                    break
         bound(m.duration, outcome).observe(record.duration)
         if record.reason is not None:
             bound(m.truncations, record.reason).inc()
@@ -332,6 +370,14 @@ class PrometheusSink:
         elif isinstance(event, BreakerRates):
             m.circuit_failure_rate.labels(event.breaker).set(event.failure_rate)
             m.circuit_slow_call_rate.labels(event.breaker).set(event.slow_call_rate)
+        elif isinstance(event, StoreError):
+            m.store_errors.labels(event.operation).inc()
+        elif isinstance(event, StoreFallback):
+            m.store_fallback.set(1 if event.active else 0)
+        elif isinstance(event, PauseEvent):
+            m.rate_limit_paused.labels(event.server, event.model, event.kind).set(
+                1 if event.seconds > 0 else 0
+            )
 
     def _set_state(self, breaker: str, state: str) -> None:
         for candidate in BREAKER_STATES:

@@ -25,7 +25,9 @@ from ._data import (
     ChunkEvent,
     DoneMarkerEvent,
     Event,
+    PauseEvent,
     RateLimitEvent,
+    Rejection,
     ResumeEvent,
     RetryEvent,
     StreamRecord,
@@ -82,6 +84,18 @@ class StructlogSink:
                     from_state=event.from_state,
                     to_state=event.to_state,
                 )
+            elif isinstance(event, PauseEvent):
+                if event.seconds > 0:
+                    log.warning(
+                        "ratelimit.paused",
+                        server=event.server,
+                        model=event.model,
+                        kind=event.kind,
+                        seconds=round(event.seconds, 3),
+                        note="fleet-wide (see rate_limit_pause)",
+                    )
+                else:
+                    log.info("ratelimit.resumed", server=event.server, model=event.model, kind=event.kind)
             return
         fields = _ids(stream, ctx)
         if isinstance(event, RetryEvent):
@@ -128,6 +142,11 @@ class StructlogSink:
                 truncated["partial_text"] = record.partial_text
             self._log.warning("stream.truncated", **truncated, **fields)
         fields["outcome"] = record.outcome
+        if record.outcome == "rejected":
+            for event in record.events:
+                if isinstance(event, Rejection):
+                    fields["rejected_by"] = event.reason
+                    break
         fields["duration_seconds"] = round(record.duration, 6)
         fields["chunks"] = record.chunks
         # Only what is known or unusual: every field costs the application's renderer.
