@@ -22,18 +22,20 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check src tests benchmarks examples dashboards
 	$(BIN)/mypy
 
-# promtool (and /usr/bin/prometheus, for tests/test_prometheus_proof.py): Debian's `prometheus`
-# package, installed here when promtool is missing and we are root with apt-get; else the exact
-# command to run, and a failure.
+# Debian packages the tests need: promtool and prometheus (the `prometheus` package: rules tests and
+# tests/test_prometheus_proof.py) and redis-server (the fleet tests start their own). Installed here
+# when missing and we are root with apt-get; else the exact command to run, and a failure.
 promtool:
-	@command -v promtool >/dev/null 2>&1 && exit 0; \
+	@missing=""; \
+	command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \
+	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
+	[ -z "$$missing" ] && exit 0; \
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-		echo "promtool not found: installing Debian's prometheus package"; \
+		echo "installing Debian packages:$$missing"; \
 		export DEBIAN_FRONTEND=noninteractive; \
-		apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus; \
+		apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing; \
 	else \
-		echo "make test needs promtool: run  sudo apt-get install --no-install-recommends prometheus" >&2; \
-		echo "(Debian/Ubuntu; elsewhere put promtool from https://prometheus.io/download/ on PATH)" >&2; \
+		echo "make test needs:$$missing  run  sudo apt-get install --no-install-recommends$$missing" >&2; \
 		exit 1; \
 	fi
 
