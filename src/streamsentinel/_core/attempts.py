@@ -75,14 +75,13 @@ class Attempts:
             self.request_id = headers.get("x-request-id")
             snapshots = parse_headers(headers)
             if snapshots:
-                at = perf_counter() - self.start
-                self.rt.emitter.event(
-                    self.stream,
-                    RateLimitHeaders(
-                        at, tuple((s.resource, s.remaining, s.limit, s.reset_seconds) for s in snapshots)
-                    ),
-                    self.handles,
-                )
+                values = tuple((s.resource, s.remaining, s.limit, s.reset_seconds) for s in snapshots)
+                seen = self.rt.rate_limit_seen
+                key = (self.stream.operation, self.stream.model, self.stream.server)
+                if seen.get(key) != values:  # the gauges already show these values otherwise
+                    seen[key] = values
+                    at = perf_counter() - self.start
+                    self.rt.emitter.event(self.stream, RateLimitHeaders(at, values), self.handles)
             if status == 429:
                 kind = classify_429(body, headers)
                 self.last_reason = rate_limit_error_type(kind)

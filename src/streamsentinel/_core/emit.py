@@ -73,7 +73,6 @@ class Emitter:
     def __init__(self, sinks: Sequence[Any], errors: InternalErrors) -> None:
         self.sinks = tuple(sinks)
         self.errors = errors
-        self.wants_chunk_gaps = any(getattr(s, "wants_chunk_gaps", False) for s in self.sinks)
         self._activating = tuple(
             (i, s.activate, s.deactivate) for i, s in enumerate(self.sinks) if hasattr(s, "activate")
         )
@@ -81,6 +80,11 @@ class Emitter:
             counter = getattr(sink, "internal_error", None)
             if counter is not None:
                 errors.count_with(counter)
+
+    @property
+    def wants_chunk_gaps(self) -> bool:
+        """Whether a sink wants every inter-item gap of the next stream (asked once per stream)."""
+        return any(getattr(s, "wants_chunk_gaps", False) for s in self.sinks)
 
     def start(self, stream: StreamStart) -> tuple[Any, ...]:
         """Every sink's handle for a new stream (None for a sink that failed). A sink with a

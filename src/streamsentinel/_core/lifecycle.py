@@ -135,6 +135,8 @@ class Runtime:
         self.done_markers = DoneMarkers(
             settings.done_marker, done_marker_servers or {}, lambda event: self.emitter.event(None, event)
         )
+        # The latest x-ratelimit-* values per label set (bounded labels): sinks hear of changes only.
+        self.rate_limit_seen: dict[tuple[str, str, str], Any] = {}
         self._model_label = BoundedLabel(settings.max_model_labels)
         self._server_label = BoundedLabel(settings.max_model_labels)
 

@@ -41,6 +41,7 @@ class _ToEvents:
 
     def __init__(self, emit: Callable[[Event], None]) -> None:
         self._emit = emit
+        self._rates: dict[str, tuple[float, float]] = {}  # latest per breaker (bounded by the store)
 
     def on_state_transition(self, breaker: CircuitBreaker, from_state: State, to_state: State) -> None:
         self._emit(BreakerTransition(breaker.name, from_state.value, to_state.value))
@@ -49,6 +50,10 @@ class _ToEvents:
         self._emit(BreakerCall(breaker.name, "not_permitted"))
 
     def on_rates(self, breaker: CircuitBreaker, failure_rate: float, slow_call_rate: float) -> None:
+        rates = (failure_rate, slow_call_rate)
+        if self._rates.get(breaker.name) == rates:
+            return  # the gauges already show them (a window of successes stays at 0: no event)
+        self._rates[breaker.name] = rates
         self._emit(BreakerRates(breaker.name, _ratio(failure_rate), _ratio(slow_call_rate)))
 
 

@@ -53,6 +53,7 @@ from typing import Any
 
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Histogram, MeterProvider, Observation
+from opentelemetry.metrics import _internal as _metrics_internal
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
 from opentelemetry.semconv._incubating.metrics import gen_ai_metrics as gm
 from opentelemetry.semconv.attributes.error_attributes import ERROR_TYPE
@@ -136,6 +137,12 @@ OFFICIAL_INSTRUMENTORS = (
 )
 
 
+def _global_provider_set() -> bool:
+    """Whether the application set the global ``MeterProvider`` (until then the API's proxy records
+    nothing). Reads the API's module state: there is no public question for it."""
+    return getattr(_metrics_internal, "_METER_PROVIDER", True) is not None
+
+
 def official_instrumentor_active(operation: str) -> bool:
     """Whether an official OpenAI instrumentation that records ``operation`` is instrumented (a
     ``sys.modules`` lookup: a module nobody imported is not active)."""
@@ -170,12 +177,11 @@ class OTelMetricsSink:
     module docstring); ``meter_provider`` None: the global one."""
 
     name = "otel_metrics"
-    wants_chunk_gaps = True
 
     def __init__(self, meter_provider: MeterProvider | None = None, *, semconv_metrics: bool | None = None):
         self._semconv = semconv_metrics
-        if semconv_metrics is False:
-            self.wants_chunk_gaps = False  # nothing would read them
+        self._gaps = semconv_metrics is not False  # else nothing would read them
+        self._explicit = meter_provider is not None
         meter = metrics.get_meter(METER_NAME, _version(), meter_provider, schema_url=SCHEMA_URL)
         count = meter.create_counter
 
@@ -217,10 +223,22 @@ class OTelMetricsSink:
         gauge(b + "slow_call_rate", [self._rate_callback(1)], "1", "Sliding-window slow-call rate, 0..1.")
         gauge(st + "fallback", [self._observe_fallback], "1", "1 while running on local state (Redis down).")
 
+    @property
+    def recording(self) -> bool:
+        """False while no ``MeterProvider`` is configured (the API's global default records nothing):
+        then this sink does no work at all. Looked at once per stream."""
+        return self._explicit or _global_provider_set()
+
+    @property
+    def wants_chunk_gaps(self) -> bool:
+        return self._gaps and self.recording
+
     def start(self, stream: StreamStart) -> None:
         return None
 
     def end(self, record: StreamRecord, handle: Any) -> None:
+        if not self.recording:
+            return
         st = record.start
         own = _own(st)
         by_outcome = {**own, OUTCOME: record.outcome}
