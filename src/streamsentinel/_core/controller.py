@@ -23,23 +23,20 @@ from typing import Any
 
 import openai
 
-from .. import errors
 from ..instrumentation._data import (
     ChunkEvent,
     GapEvent,
     InStreamErrorEvent,
 )
+from .endings import Endings
 from .record import build_record
-from .reopen import SKIP, Reopening
+from .reopen import SKIP
 from .state import StreamState
 from .taxonomy import (
     Failure,
-    abandon_outcome,
     breaker_result,
-    classify_request_exception,
     classify_stream_exception,
     end_failure,
-    given_up_failure,
     is_cancellation,
     outcome_of,
     watchdog_failure,
@@ -53,7 +50,7 @@ _ODD = (AttributeError, TypeError, KeyError, IndexError, ValueError)
 _CHUNK_EVENTS_KEPT = 128  # the OTel SDK keeps 128 events per span by default: no more are made
 
 
-class StreamController(Reopening):
+class StreamController(Endings):
     """One logical stream request, from ``create()`` to its record. Not thread-safe: one consumer."""
 
     __slots__ = (
@@ -63,11 +60,9 @@ class StreamController(Reopening):
         "_read",
         "attempt_start",
         "breaker_name",
-        "ended",
         "final",
         "out",
         "permit",
-        "raw_mode",
         "response",
         "s",
     )
@@ -265,93 +260,6 @@ class StreamController(Reopening):
         self.s.events.append(InStreamErrorEvent(at, failure.error_type, code))
         if failure.rate_limit_kind is not None:
             self.rate_limited(failure.rate_limit_kind, None)
-
-    # -- other endings -----------------------------------------------------------------------------
-
-    def request_failed(self, exc: BaseException) -> None:
-        """``create()`` raised: no stream (``failed``), or it was cancelled (``abandoned``)."""
-        if self.ended:
-            return
-        failure = classify_request_exception(exc)
-        if failure is None:
-            self._finish("abandoned", None)
-            return
-        if failure.rate_limit_kind is not None and not self.saw_429:
-            self.rate_limited(failure.rate_limit_kind, 429)  # the attempt hook did not see it
-        self._finish("failed", failure)
-
-    def on_close(self) -> None:
-        """The consumer closed, dropped or cancelled the stream: a failure if the server had sent an
-        error event or a read had stalled (``taxonomy.given_up_failure``); else ``completed`` if
-        the answer was already whole, else ``abandoned``."""
-        if self.ended:
-            return
-        s = self.s
-        try:
-            pending = perf_counter() - s.read_at if s.read_at else 0.0
-            failure = given_up_failure(s.in_stream_failure(), pending, self.rt.stall_threshold)
-            if failure is not None:
-                self._note_stall(failure)
-                self._finish(outcome_of(failure, s.payload_chunks > 0), failure)
-                return
-            outcome = abandon_outcome(s.complete(self.stream.operation, closed_early=True), None)
-        except Exception as exc:
-            self.rt.errors("classify", exc)
-            outcome = "abandoned"
-        self._finish(outcome, None)
-
-    def _note_stall(self, failure: Failure) -> None:
-        if failure.reason == "stall":
-            self.s.events.append(GapEvent(perf_counter() - self.start, perf_counter() - self.s.read_at))
-
-    def raw_ended(self, exc: BaseException | None) -> None:
-        """A raw body (not decoded by the SDK) was read to its end (``exc`` None) or broke."""
-        if self.ended or not self.raw_mode:
-            return
-        if exc is None:
-            self._finish("completed", None)
-        elif is_cancellation(exc):
-            self.on_close()
-        else:
-            failure = self._raised_failure(exc)
-            self._finish(outcome_of(failure, False), failure)
-
-    def discard(self) -> None:
-        """Not a stream we observe after all (e.g. a mock): undo the start, record nothing."""
-        if self.ended:
-            return
-        self.ended = True
-        self._give_back("ignored")
-        self.rt.emitter.discard(self.stream, self.handles)
-
-    # -- classification helpers --------------------------------------------------------------------
-
-    def _timed_out(self, kind: str, cause: BaseException) -> BaseException:
-        settings = self.rt.settings
-        timeout = settings.first_token_timeout if kind == "first_token_timeout" else settings.stall_timeout
-        error = errors.StreamTimeoutError(kind=kind, timeout=timeout, request=self._request())
-        error.__cause__ = cause
-        return error
-
-    def _request(self) -> Any:
-        try:
-            return self.response.request
-        except Exception:
-            return errors.NO_REQUEST
-
-    def _truncated(self, failure: Failure) -> BaseException:
-        s = self.s
-        try:
-            text = s.joined(s.text)
-        except Exception:
-            text = ""
-        return errors.StreamTruncatedError(
-            reason=failure.reason or "eof_before_done",
-            chunks_received=s.chunks,
-            partial_text=text,
-            request_id=self.request_id,
-            request=self._request(),
-        )
 
     # -- the one ending --------------------------------------------------------------------------
 
