@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint rules promtool test-loaded bench bench-startup clean
+.PHONY: demo test lint rules promtool test-loaded bench bench-startup bench-peers valgrind clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -53,8 +53,27 @@ test: lint rules
 test-loaded: $(STAMP) promtool
 	scripts/test-loaded $(PYTEST_ARGS)
 
-bench: $(STAMP)
+# valgrind for benchmarks/bench_instructions.py (Debian's package ships callgrind.h; gcc builds the
+# 3-line helper): installed when missing and we are root with apt-get, else the exact command.
+valgrind:
+	@command -v valgrind >/dev/null 2>&1 && exit 0; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get update -qq && apt-get install -y -qq --no-install-recommends valgrind; \
+	else \
+		echo "make bench needs valgrind: run  sudo apt-get install --no-install-recommends valgrind" >&2; \
+		exit 1; \
+	fi
+
+# Wall clock (benchmarks/bench_overhead.py), then CPU instructions with callgrind and memory per open
+# stream (benchmarks/bench_instructions.py; about 5 minutes on 2 cores).
+bench: $(STAMP) valgrind
 	$(BIN)/python benchmarks/bench_overhead.py
+	$(BIN)/python benchmarks/bench_instructions.py
+
+# Other OpenAI instrumentations side by side (virtualenvs under /tmp/streamsentinel-peers-venv, ~8 min).
+bench-peers: $(STAMP) valgrind
+	$(BIN)/python benchmarks/bench_peers.py
 
 # Interpreter start-up under `streamsentinel run` vs plain (a process that never imports openai, one that does).
 bench-startup: $(STAMP)
