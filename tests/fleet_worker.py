@@ -80,7 +80,10 @@ def main() -> None:
         if what == "paused":
             return fleet.pause_remaining("127.0.0.1", MODEL, time.monotonic())[0] > 0
         if what == "fallback":
-            return fleet.fallback
+            # The flag and the exported gauge (set just after the flag flips) must agree: a test that
+            # waited for it then reads the metrics it waited for. Until they agree: None.
+            exported = registry.get_sample_value("openai_stream_store_fallback") == 1.0
+            return fleet.fallback if fleet.fallback == exported else None
         return fleet.refreshes > 0 and not fleet.fallback  # "shared"
 
     def run(n: int, headers: dict[str, str]) -> dict[str, int]:
