@@ -14,7 +14,7 @@ from typing import Any
 
 from ..instrumentation._data import Event, RateLimitEvent, RateLimitHeaders, RetryEvent
 from .context import CURRENT
-from .ratelimit import RateLimitKind, classify_429, parse_headers, retry_delay_seconds
+from .ratelimit import RateLimitKind, classify_429, parse_raw, retry_delay_seconds, scan_headers
 from .taxonomy import ErrorType, rate_limit_error_type, status_error_type, transport_error_type
 
 
@@ -72,16 +72,17 @@ class Attempts:
     def on_response(self, status: int, headers: Mapping[str, str], body: object) -> None:
         """One HTTP response inside ``create()`` (``body``: the parsed JSON of a 429, else None)."""
         try:
-            self.request_id = headers.get("x-request-id")
-            snapshots = parse_headers(headers)
-            if snapshots:
-                values = tuple((s.resource, s.remaining, s.limit, s.reset_seconds) for s in snapshots)
+            self.request_id, found = scan_headers(headers)
+            if found:
                 seen = self.rt.rate_limit_seen
-                key = (self.stream.operation, self.stream.model, self.stream.server)
-                if seen.get(key) != values:  # the gauges already show these values otherwise
-                    seen[key] = values
-                    at = perf_counter() - self.start
-                    self.rt.emitter.event(self.stream, RateLimitHeaders(at, values), self.handles)
+                stream = self.stream
+                key = (stream.operation, stream.model, stream.server)
+                if seen.get(key) != found:  # the gauges already show these values otherwise
+                    seen[key] = found
+                    values = tuple((s.resource, s.remaining, s.limit, s.reset_seconds) for s in parse_raw(found))
+                    if values:
+                        at = perf_counter() - self.start
+                        self.rt.emitter.event(stream, RateLimitHeaders(at, values), self.handles)
             if status == 429:
                 kind = classify_429(body, headers)
                 self.last_reason = rate_limit_error_type(kind)

@@ -70,32 +70,48 @@ def _int(value: str | None) -> int | None:
         return None
 
 
-def parse_headers(headers: Mapping[str, str]) -> list[RateLimitSnapshot]:
-    """The snapshots for ``requests`` and ``tokens`` present in ``headers``.
+RawHeaders = tuple[tuple[bytes, bytes], ...]
+"""The ``x-ratelimit-*`` headers of one response as sent: ``((lower-case name, value), ...)``."""
 
-    ``headers`` is an ``httpx2.Headers`` (read in one pass over its raw list) or any mapping with
-    lower-case keys.
-    """
-    found: dict[str, str] = {}
+
+def scan_headers(headers: Mapping[str, str]) -> tuple[str | None, RawHeaders]:
+    """``(x-request-id, the x-ratelimit-* headers)`` of a response, in one pass over an
+    ``httpx2.Headers``' raw list (any other mapping: through its items). Nothing is parsed: a
+    caller that saw the same headers before (the usual case) has nothing more to do."""
+    request_id: str | None = None
+    found: list[tuple[bytes, bytes]] = []
     raw = getattr(headers, "raw", None)
-    if raw is not None:
-        for key, value in raw:
-            if key[:12].lower() == b"x-ratelimit-":
-                found[key.decode("latin-1").lower()] = value.decode("latin-1")
-    else:
-        found = {k.lower(): v for k, v in headers.items() if k.lower().startswith("x-ratelimit-")}
+    if raw is None:
+        raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+    for key, value in raw:
+        if len(key) > 12 and key[:12].lower() == b"x-ratelimit-":
+            found.append((key.lower(), value))
+        elif request_id is None and len(key) == 12 and key.lower() == b"x-request-id":
+            request_id = value.decode("latin-1")
+    return request_id, tuple(found)
+
+
+def parse_raw(found: RawHeaders) -> list[RateLimitSnapshot]:
+    """The snapshots for ``requests`` and ``tokens`` in :func:`scan_headers`' second value."""
     if not found:
         return []
+    text = {k.decode("latin-1"): v.decode("latin-1") for k, v in found}
     out: list[RateLimitSnapshot] = []
     for resource in RESOURCES:
-        limit = _int(found.get(f"x-ratelimit-limit-{resource}"))
-        remaining = _int(found.get(f"x-ratelimit-remaining-{resource}"))
-        reset_raw = found.get(f"x-ratelimit-reset-{resource}")
+        limit = _int(text.get(f"x-ratelimit-limit-{resource}"))
+        remaining = _int(text.get(f"x-ratelimit-remaining-{resource}"))
+        reset_raw = text.get(f"x-ratelimit-reset-{resource}")
         reset = parse_go_duration(reset_raw) if reset_raw is not None else None
         if limit is None and remaining is None and reset is None:
             continue
         out.append(RateLimitSnapshot(resource, limit, remaining, reset))
     return out
+
+
+def parse_headers(headers: Mapping[str, str]) -> list[RateLimitSnapshot]:
+    """The snapshots for ``requests`` and ``tokens`` present in ``headers`` (an ``httpx2.Headers``
+    or any mapping; names compared case-insensitively)."""
+    return parse_raw(scan_headers(headers)[1])
 
 
 def error_fields(body: object) -> tuple[str | None, str | None, str]:

@@ -30,6 +30,8 @@ class Reaper:
         self._thread_lock = threading.Lock()
 
     def start(self) -> None:
+        if self._thread is not None:  # every stream asks: no lock once it runs
+            return
         with self._thread_lock:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="streamsentinel-reaper", daemon=True)

@@ -112,6 +112,7 @@ class CircuitBreaker:
         self._run_start: float | None = None
         self._run_timeouts_only = True
         self._run_open = False
+        self._last_rates = (math.nan, math.nan)  # the rates last reported to listeners
         self._state = INITIAL_STATE[config.mode]
         self._window, self._min_calls = self._main_window()
 
@@ -133,8 +134,10 @@ class CircuitBreaker:
         """A permit for one call, or None: the call is not permitted (reject it; it was counted)."""
         with self._lock:
             now = self._clock()
-            self._maybe_half_open(now)
             state = self._state
+            if state is State.OPEN:
+                self._maybe_half_open(now)
+                state = self._state
             if state in _PERMITTING:
                 permit: Permit | None = Permit(self._generation, state, now)
             elif (
@@ -293,7 +296,8 @@ class CircuitBreaker:
             now = self._clock()
             totals = self._window.record(failed, slow, now)
             failure_rate, slow_rate = self._rates(totals)
-            if self._listeners:
+            if self._listeners and (failure_rate, slow_rate) != self._last_rates:
+                self._last_rates = (failure_rate, slow_rate)
                 self._events.append(lambda listener: listener.on_rates(self, failure_rate, slow_rate))
             c = self.config
             if state is State.CLOSED:

@@ -196,4 +196,5 @@ class BreakerListener(Protocol):
         """A call was rejected."""
 
     def on_rates(self, breaker: CircuitBreaker, failure_rate: float, slow_call_rate: float) -> None:
-        """A result was recorded; the window's rates after it (percent, -1.0 below minimum calls)."""
+        """A result was recorded and the window's rates changed: the rates after it (percent,
+        -1.0 below minimum calls). Not called when a result leaves both rates as they were."""
