@@ -216,7 +216,7 @@ def _chat_preamble(item: Any) -> bool:
         if choice.finish_reason is not None:
             return False
         delta = choice.delta
-        if delta.model_extra:
+        if delta.content or delta.model_extra:  # content first: the usual first output
             return False
         for name, value in vars(delta).items():  # declared fields: any set beside the role is output
             if name != "role" and value not in _EMPTY:

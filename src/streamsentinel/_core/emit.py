@@ -76,6 +76,12 @@ class Emitter:
         self._activating = tuple(
             (i, s.activate, s.deactivate) for i, s in enumerate(self.sinks) if hasattr(s, "activate")
         )
+        self._start_plan = tuple((s, hasattr(s, "activate")) for s in self.sinks)
+        # Sinks whose wants_chunk_gaps may change (a property); the others are read once, here.
+        self._gaps_always = any(getattr(s, "wants_chunk_gaps", False) is True for s in self.sinks)
+        self._gaps_dynamic = tuple(
+            s for s in self.sinks if isinstance(getattr(type(s), "wants_chunk_gaps", None), property)
+        )
         for sink in self.sinks:
             counter = getattr(sink, "internal_error", None)
             if counter is not None:
@@ -84,27 +90,33 @@ class Emitter:
     @property
     def wants_chunk_gaps(self) -> bool:
         """Whether a sink wants every inter-item gap of the next stream (asked once per stream)."""
-        return any(getattr(s, "wants_chunk_gaps", False) for s in self.sinks)
+        if self._gaps_always:
+            return True
+        for sink in self._gaps_dynamic:
+            if sink.wants_chunk_gaps:
+                return True
+        return False
 
     def start(self, stream: StreamStart) -> tuple[Any, ...]:
         """Every sink's handle for a new stream (None for a sink that failed). A sink with a
         context (the trace sink) is started first and its context is current while the others
         start, so they can correlate (trace and span ids in log lines)."""
         handles: list[Any] = []
-        tokens: list[tuple[Any, Any]] = []
-        for sink in self.sinks:
+        tokens: list[tuple[Any, Any]] | None = None
+        for sink, activates in self._start_plan:
             try:
                 handle = sink.start(stream)
             except Exception as exc:
                 handle = None
                 self.errors(sink.name, exc)
             handles.append(handle)
-            if handle is not None and hasattr(sink, "activate"):
+            if activates and handle is not None:
                 try:
-                    tokens.append((sink.deactivate, sink.activate(handle)))
+                    token = sink.activate(handle)
+                    tokens = [(sink.deactivate, token)] if tokens is None else [*tokens, (sink.deactivate, token)]
                 except Exception as exc:
                     self.errors(sink.name, exc)
-        if tokens:
+        if tokens is not None:
             self.deactivate(tokens)
         return tuple(handles)
 

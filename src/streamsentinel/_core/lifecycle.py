@@ -64,7 +64,12 @@ class BoundedLabel:
             return value
 
 
+_PARAM_KEYS = frozenset(_PARAMS)
+
+
 def _params(request: Mapping[str, Any]) -> tuple[tuple[str, float], ...]:
+    if not _PARAM_KEYS.intersection(request):  # the usual case: one set operation, no loop
+        return ()
     out = []
     for key in _PARAMS:
         value = request.get(key)

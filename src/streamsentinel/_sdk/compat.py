@@ -77,10 +77,23 @@ def _real_type(obj: Any) -> type:
     return type(obj)
 
 
+_KIND_OF_TYPE: dict[type, str] = {}  # types that are no proxies, by kind (a few SDK classes)
+
+
 def stream_kind(result: Any) -> str | None:
     """``sync``/``async`` for a real SDK stream (by its real type: a ``MagicMock(spec=Stream)``
     only passes ``isinstance``), ``raw`` for a response wrapper, else None."""
+    kind = _KIND_OF_TYPE.get(type(result))
+    if kind is not None:
+        return kind
     cls = _real_type(result)
+    kind = _kind(cls)
+    if kind is not None and cls is type(result) and len(_KIND_OF_TYPE) < 64:
+        _KIND_OF_TYPE[cls] = kind
+    return kind
+
+
+def _kind(cls: type) -> str | None:
     if issubclass(cls, openai.Stream):
         return "sync"
     if issubclass(cls, openai.AsyncStream):

@@ -74,7 +74,9 @@ class Sink(Protocol):
     Attributes:
         name: the ``stage`` label of this sink's failures (``prometheus``, ``otel_trace``...).
         wants_chunk_gaps: True to receive every inter-item gap in ``StreamRecord.chunk_gaps``
-            (costs one list append per item; False keeps the per-chunk path free of it).
+            (costs one list append per item; False keeps the per-chunk path free of it). Read
+            once by ``instrument()``, or before each stream when the class defines it as a
+            ``property`` (the OTel metrics sink: only once a ``MeterProvider`` is set).
 
     Optional (looked up once, with ``getattr``):
         ``activate(handle) -> token`` / ``deactivate(token)``: make the stream's context current

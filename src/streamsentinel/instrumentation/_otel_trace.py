@@ -97,7 +97,7 @@ class OTelTraceSink:
             TRACER_NAME, version, tracer_provider=tracer_provider, schema_url=sc.SCHEMA_URL
         )
 
-    def start(self, stream: StreamStart) -> Span:
+    def start(self, stream: StreamStart) -> Span | None:
         semconv_op = sc.operation_name(stream.operation)
         attributes: dict[str, Any] = {
             sc.GEN_AI_OPERATION_NAME: semconv_op,
@@ -110,12 +110,15 @@ class OTelTraceSink:
             attributes[sc.SERVER_PORT] = stream.server_port
         for key, value in stream.params:
             attributes[_REQUEST_PARAMS[key]] = value
-        return self.tracer.start_span(
+        span = self.tracer.start_span(
             f"{semconv_op} {stream.request_model}",
             kind=SpanKind.CLIENT,
             attributes=attributes,
             start_time=stream.start_ns,
         )
+        if not span.is_recording() and not span.get_span_context().is_valid:
+            return None  # no SDK and no parent: nothing to end, nothing to make current
+        return span
 
     def activate(self, span: Span) -> object:
         return otel_context.attach(trace.set_span_in_context(span))
@@ -163,16 +166,13 @@ class OTelTraceSink:
             (sc.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS, record.reasoning_tokens),
             ("streamsentinel.request_id", record.request_id),
             (sc.GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK, record.time_to_first_chunk),
+            # An attribute, not an event: an event costs the SDK several times more.
+            ("streamsentinel.time_to_first_token", record.time_to_first_token),
         ):
             if value is not None and value != "":
                 attrs[name] = value
         if record.finish_reasons:
             attrs[sc.GEN_AI_RESPONSE_FINISH_REASONS] = record.finish_reasons
-        if record.time_to_first_token is not None:
-            ttft = record.time_to_first_token
-            span.add_event(
-                "streamsentinel.first_token", {"streamsentinel.ttft": ttft}, start_ns + int(ttft * 1e9)
-            )
         for event in record.events:
             named = _event(event)
             if named is not None:

@@ -259,14 +259,20 @@ _TOKENS = (
 
 
 class _Bound:
-    """The children of one ``(operation, model, server)`` label set, created on first use."""
+    """The children of one ``(operation, model, server)`` label set, created on first use. The
+    children every stream touches are kept in slots, so a stream's end does no key building."""
 
-    __slots__ = ("_children", "key", "m")
+    __slots__ = ("_children", "by_outcome", "chunks", "in_flight", "key", "m", "max_gap", "ttft")
 
     def __init__(self, m: Metrics, key: tuple[str, str, str]) -> None:
         self.m = m
         self.key = key
         self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
+        self.in_flight = m.in_flight.labels(*key)
+        self.by_outcome: dict[str, tuple[Any, Any]] = {}  # outcome -> (requests, duration) children
+        self.chunks: Any = None
+        self.max_gap: Any = None
+        self.ttft: Any = None
 
     def __call__(self, family: Any, *extra: str) -> Any:
         cache_key = (family, extra)
@@ -274,6 +280,12 @@ class _Bound:
         if child is None:
             child = self._children[cache_key] = family.labels(*self.key, *extra)
         return child
+
+    def outcome(self, outcome: str) -> tuple[Any, Any]:
+        pair = self.by_outcome.get(outcome)
+        if pair is None:
+            pair = self.by_outcome[outcome] = (self(self.m.requests, outcome), self(self.m.duration, outcome))
+        return pair
 
 
 class PrometheusSink:
@@ -300,43 +312,49 @@ class PrometheusSink:
 
     def start(self, stream: StreamStart) -> _Bound:
         bound = self.bound(stream)
-        bound(self.m.in_flight).inc()
+        bound.in_flight.inc()
         return bound
 
     def discard(self, stream: StreamStart, bound: _Bound | None) -> None:
         if bound is not None:
-            bound(self.m.in_flight).dec()
+            bound.in_flight.dec()
 
     def end(self, record: StreamRecord, bound: _Bound | None) -> None:
         m = self.m
         if bound is None:  # start() failed: nothing in flight to take back
             bound = self.bound(record.start)
         else:
-            bound(m.in_flight).dec()  # first: whatever follows, the stream is no longer in flight
+            bound.in_flight.dec()  # first: whatever follows, the stream is no longer in flight
         outcome = record.outcome
-        bound(m.requests, outcome).inc()
+        requests, duration = bound.outcome(outcome)
+        requests.inc()
         if outcome == "rejected":
             for event in record.events:
                 if isinstance(event, Rejection):
                     bound(m.rejections, event.reason).inc()
                     break
-        bound(m.duration, outcome).observe(record.duration)
+        duration.observe(record.duration)
         if record.reason is not None:
             bound(m.truncations, record.reason).inc()
         if record.error_type is not None:
             bound(m.errors, record.error_type).inc()
         if record.chunks:
-            bound(m.chunks).inc(record.chunks)
-            bound(m.max_gap).observe(record.max_gap)
+            if bound.chunks is None:
+                bound.chunks, bound.max_gap = bound(m.chunks), bound(m.max_gap)
+            bound.chunks.inc(record.chunks)
+            bound.max_gap.observe(record.max_gap)
         if record.time_to_first_token is not None:
-            bound(m.ttft).observe(record.time_to_first_token)
+            if bound.ttft is None:
+                bound.ttft = bound(m.ttft)
+            bound.ttft.observe(record.time_to_first_token)
         for finish_reason in record.finish_reasons:
             if finish_reason != "error":  # semconv's marker of a missing reason, not one the server sent
                 bound(m.finish_reasons, finish_reason).inc()
-        for token_type, field in _TOKENS:
-            count = getattr(record, field)
-            if count:
-                bound(m.tokens, token_type).inc(count)
+        if record.input_tokens or record.output_tokens or record.reasoning_tokens or record.cached_input_tokens:
+            for token_type, field in _TOKENS:
+                count = getattr(record, field)
+                if count:
+                    bound(m.tokens, token_type).inc(count)
 
     def event(self, stream: StreamStart | None, event: Event, bound: _Bound | None) -> None:
         m = self.m
