@@ -4,7 +4,6 @@ OpenAI instrumentor. No HTTP, no conftest fixture."""
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.metadata
 import math
 import sys
@@ -102,7 +101,7 @@ OWN = {
 
 def record(start: dict[str, Any] | None = None, **changes: Any) -> StreamRecord:
     """``RECORD`` with ``changes`` (and ``start`` changes applied to its ``StreamStart``)."""
-    return dataclasses.replace(RECORD, start=dataclasses.replace(START, **(start or {})), **changes)
+    return RECORD._replace(start=START._replace(**(start or {})), **changes)
 
 
 class Harness:
@@ -319,7 +318,7 @@ def test_stream_counters(h: Harness) -> None:
 
 
 def test_stream_events(h: Harness) -> None:
-    nonstream = dataclasses.replace(START, streaming=False)
+    nonstream = START._replace(streaming=False)
     h.sink.event(START, RetryEvent(at=0.1, layer="sdk", reason="rate_limited", attempt=2, delay=None), None)
     h.sink.event(START, RetryEvent(at=0.2, layer="sentinel", reason="stall", attempt=2, delay=0.5), None)
     h.sink.event(

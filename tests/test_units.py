@@ -475,3 +475,19 @@ def test_bounded_label_under_threads() -> None:
     assert len(admitted) == 10
     # An admitted value is admitted for good: every later call returns it unchanged.
     assert all(label(v) == v for v in admitted)
+
+
+def test_scan_headers_reads_the_same_from_httpx_triples_raw_and_mappings() -> None:
+    from streamsentinel._core.ratelimit import scan_headers
+    from streamsentinel._sdk.compat import header_triples
+
+    headers = httpx2.Headers({**FULL_HEADERS, "X-Request-Id": "req_7", "content-type": "text/event-stream"})
+    triples = header_triples(headers)
+    assert triples is not None  # httpx2 keeps (name, lower-case name, value): read without copying
+    via_triples = scan_headers(headers, triples)
+    assert via_triples == scan_headers(headers) == scan_headers(dict(headers.items()))
+    request_id, found = via_triples
+    assert request_id == "req_7"
+    assert [k for k, _ in found] == [
+        k.lower().encode() for k in FULL_HEADERS if k.lower().startswith("x-ratelimit-")
+    ]

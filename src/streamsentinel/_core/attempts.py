@@ -69,17 +69,25 @@ class Attempts:
             self.saw_429 = True
         self._emit(RateLimitEvent(perf_counter() - self.start, kind, status, self.request_id))
 
-    def on_response(self, status: int, headers: Mapping[str, str], body: object) -> None:
-        """One HTTP response inside ``create()`` (``body``: the parsed JSON of a 429, else None)."""
+    def on_response(
+        self,
+        status: int,
+        headers: Mapping[str, str],
+        body: object,
+        triples: list[tuple[bytes, bytes, bytes]] | None = None,
+    ) -> None:
+        """One HTTP response inside ``create()`` (``body``: the parsed JSON of a 429, else None;
+        ``triples``: the headers as ``ratelimit.scan_headers`` takes them, when at hand)."""
         try:
-            self.request_id, found = scan_headers(headers)
+            self.request_id, found = scan_headers(headers, triples)
             if found:
                 seen = self.rt.rate_limit_seen
                 stream = self.stream
                 key = (stream.operation, stream.model, stream.server)
                 if seen.get(key) != found:  # the gauges already show these values otherwise
                     seen[key] = found
-                    values = tuple((s.resource, s.remaining, s.limit, s.reset_seconds) for s in parse_raw(found))
+                    snapshots = parse_raw(found)
+                    values = tuple((s.resource, s.remaining, s.limit, s.reset_seconds) for s in snapshots)
                     if values:
                         at = perf_counter() - self.start
                         self.rt.emitter.event(stream, RateLimitHeaders(at, values), self.handles)

@@ -92,10 +92,7 @@ class Emitter:
         """Whether a sink wants every inter-item gap of the next stream (asked once per stream)."""
         if self._gaps_always:
             return True
-        for sink in self._gaps_dynamic:
-            if sink.wants_chunk_gaps:
-                return True
-        return False
+        return any(sink.wants_chunk_gaps for sink in self._gaps_dynamic)
 
     def start(self, stream: StreamStart) -> tuple[Any, ...]:
         """Every sink's handle for a new stream (None for a sink that failed). A sink with a
@@ -113,7 +110,8 @@ class Emitter:
             if activates and handle is not None:
                 try:
                     token = sink.activate(handle)
-                    tokens = [(sink.deactivate, token)] if tokens is None else [*tokens, (sink.deactivate, token)]
+                    tokens = [] if tokens is None else tokens
+                    tokens.append((sink.deactivate, token))
                 except Exception as exc:
                     self.errors(sink.name, exc)
         if tokens is not None:

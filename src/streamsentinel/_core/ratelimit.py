@@ -74,19 +74,24 @@ RawHeaders = tuple[tuple[bytes, bytes], ...]
 """The ``x-ratelimit-*`` headers of one response as sent: ``((lower-case name, value), ...)``."""
 
 
-def scan_headers(headers: Mapping[str, str]) -> tuple[str | None, RawHeaders]:
-    """``(x-request-id, the x-ratelimit-* headers)`` of a response, in one pass over an
-    ``httpx2.Headers``' raw list (any other mapping: through its items). Nothing is parsed: a
-    caller that saw the same headers before (the usual case) has nothing more to do."""
+def scan_headers(
+    headers: Mapping[str, str], triples: list[tuple[bytes, bytes, bytes]] | None = None
+) -> tuple[str | None, RawHeaders]:
+    """``(x-request-id, the x-ratelimit-* headers)`` of a response, in one pass. ``triples``: the
+    headers as ``(name, lower-case name, value)`` bytes (how ``httpx2.Headers`` keeps them; the SDK
+    layer passes them), else read from ``headers``. Nothing is parsed: a caller that saw the same
+    headers before (the usual case) has nothing more to do."""
+    if triples is None:
+        raw = getattr(headers, "raw", None)
+        if raw is None:
+            raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+        triples = [(k, k.lower(), v) for k, v in raw]
     request_id: str | None = None
     found: list[tuple[bytes, bytes]] = []
-    raw = getattr(headers, "raw", None)
-    if raw is None:
-        raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
-    for key, value in raw:
-        if len(key) > 12 and key[:12].lower() == b"x-ratelimit-":
-            found.append((key.lower(), value))
-        elif request_id is None and len(key) == 12 and key.lower() == b"x-request-id":
+    for _, key, value in triples:
+        if key.startswith(b"x-ratelimit-"):
+            found.append((key, value))
+        elif key == b"x-request-id" and request_id is None:
             request_id = value.decode("latin-1")
     return request_id, tuple(found)
 

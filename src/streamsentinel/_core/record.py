@@ -15,6 +15,14 @@ def _int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+def _chars(pieces: list[Any]) -> int:
+    """Characters in the text pieces, without joining them."""
+    try:
+        return sum(map(len, pieces))
+    except TypeError:
+        return sum(len(p if isinstance(p, str) else str(p)) for p in pieces)
+
+
 def _str(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
@@ -44,7 +52,7 @@ def build_record(
     try:
         s = ctl.s
         wire = s.wire
-        text = s.joined(s.text) if (capture_content or s.text) else ""
+        text = s.joined(s.text) if capture_content else None
         code = s.in_stream_error[0] if s.in_stream_error is not None else None
         return StreamRecord(
             start=ctl.stream,
@@ -72,8 +80,8 @@ def build_record(
             sentinel_retries=ctl.sentinel_retries,
             breaker=ctl.breaker_name,
             events=tuple(s.events),
-            partial_text=text if capture_content else None,
-            partial_chars=len(text),
+            partial_text=text,
+            partial_chars=len(text) if text is not None else _chars(s.text),
         )
     except Exception as exc:
         errors("record", exc)

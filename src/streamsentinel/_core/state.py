@@ -115,7 +115,10 @@ class StreamState:
 
     def joined(self, pieces: list[Any]) -> str:
         """Pieces joined as text; a non-string piece (the SDK does not validate) is converted."""
-        return "".join(p if isinstance(p, str) else str(p) for p in pieces)
+        try:
+            return "".join(pieces)  # the usual case, in C
+        except TypeError:
+            return "".join(p if isinstance(p, str) else str(p) for p in pieces)
 
     # -- what the wire says (the rules are taxonomy's) -------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""Every private name of the ``openai`` package streamsentinel uses, in one place.
+"""Every private name of the ``openai`` package streamsentinel uses, in one place (and the one of
+its transport, ``httpx2.Headers._list``, read with a fallback to the public ``raw``).
 
 Verified against openai 3.51 to 3.57 (``SUPPORTED``; ``tests/test_sdk_hooks.py`` checks each
 name and signature and fails loudly if one moves). An SDK upgrade is checked here and in
@@ -101,6 +102,13 @@ def _kind(cls: type) -> str | None:
     if issubclass(cls, RAW_RESPONSES):
         return "raw"
     return None
+
+
+def header_triples(headers: Any) -> list[tuple[bytes, bytes, bytes]] | None:
+    """``httpx2.Headers._list``: ``(name, lower-case name, value)`` bytes, as received (None when
+    absent: ``ratelimit.scan_headers`` then reads the public ``raw``)."""
+    triples: list[tuple[bytes, bytes, bytes]] | None = getattr(headers, "_list", None)
+    return triples if isinstance(triples, list) else None
 
 
 def decoder_of(stream: Any) -> Any:

@@ -180,7 +180,8 @@ def _plain_call(operation: Any, instance: Any, kwargs: Mapping[str, Any]) -> Any
 
 def _response_seen(call: Any, response: Any, readable: bool) -> None:
     body = json_or_none(response.content) if readable else None
-    call.on_response(response.status_code, response.headers, body)
+    headers = response.headers
+    call.on_response(response.status_code, headers, body, compat.header_triples(headers))
 
 
 def _send(is_async: bool) -> _Wrapper:

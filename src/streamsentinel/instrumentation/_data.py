@@ -2,8 +2,11 @@
 
 The core builds a :class:`StreamStart` when a streaming call begins, small frozen events as they
 happen (a retry, a 429, a resume, a breaker transition) and one :class:`StreamRecord` when the
-stream ends. None of them carries a sink's handle, an SDK object or prompt/completion text (except
-``StreamRecord.partial_text``, filled only when ``capture_content`` is on).
+stream ends. ``StreamStart`` and ``StreamRecord`` are ``NamedTuple``s (immutable; ``_replace`` makes
+a changed copy): one is built per stream, and a tuple is built in C where a frozen dataclass sets
+each of its 27 fields through ``object.__setattr__``. None of them carries a sink's handle, an SDK
+object or prompt/completion text (except ``StreamRecord.partial_text``, filled only when
+``capture_content`` is on).
 
 Times: ``*_ns`` fields are wall-clock nanoseconds since the epoch; durations and ``at`` offsets
 are seconds (``time.perf_counter()`` differences); ``at`` is measured from the stream's start.
@@ -12,7 +15,7 @@ are seconds (``time.perf_counter()`` differences); ``at`` is measured from the s
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from .._core.taxonomy import ErrorType, Operation, Outcome, RateLimitKind, TruncationReason
 
@@ -39,8 +42,7 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
-class StreamStart:
+class StreamStart(NamedTuple):
     """A streaming call that began (or, with ``stream=False``, a plain call whose HTTP attempts are
     counted: ``streaming`` False; such a call gets no ``StreamRecord``).
 
@@ -213,8 +215,7 @@ class Rejection:
     reason: RejectReason
 
 
-@dataclass(frozen=True, slots=True)
-class StreamRecord:
+class StreamRecord(NamedTuple):
     """One logical stream request, classified once, when it ended.
 
     Attributes:

@@ -350,7 +350,13 @@ class PrometheusSink:
         for finish_reason in record.finish_reasons:
             if finish_reason != "error":  # semconv's marker of a missing reason, not one the server sent
                 bound(m.finish_reasons, finish_reason).inc()
-        if record.input_tokens or record.output_tokens or record.reasoning_tokens or record.cached_input_tokens:
+        if (
+            record.input_tokens
+            or record.output_tokens
+            or record.cached_input_tokens
+            or record.reasoning_tokens
+        ):
+            # usage came (the last chunk, when the request asked for it)
             for token_type, field in _TOKENS:
                 count = getattr(record, field)
                 if count:
