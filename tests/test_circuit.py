@@ -18,6 +18,7 @@ from typing import Any
 import openai
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry import trace
 from opentelemetry.trace import StatusCode
 
 import streamsentinel
@@ -755,3 +756,31 @@ def test_an_explicit_breaker_config_wins_over_the_environment(
     for _ in range(4):
         call(client, "server_error")
     assert current(breaker_of(telemetry)) is State.OPEN
+
+
+def test_a_rejected_call_leaves_no_span_current(chaos: ChaosServer, client: openai.OpenAI) -> None:
+    """The stream's span is current from the call's start until ``create()`` returns; a call the
+    breaker refuses makes no request, and its span is no longer current when the error is raised."""
+    telemetry = reinstrument(breaker=CONFIG, retry_attempts=1)
+    breaker_of(telemetry).transition_to_forced_open()
+    before = trace.get_current_span()
+    with pytest.raises(CircuitOpenError):
+        client.chat.completions.create(**request())
+    assert trace.get_current_span() is before
+    assert chaos.arrivals == 0
+    [span] = telemetry.exporter.get_finished_spans()
+    assert span.attributes is not None and span.attributes["streamsentinel.outcome"] == "rejected"
+
+
+async def test_a_rejected_async_call_leaves_no_span_current(
+    chaos: ChaosServer, aclient: openai.AsyncOpenAI
+) -> None:
+    telemetry = reinstrument(breaker=CONFIG, retry_attempts=1)
+    breaker_of(telemetry).transition_to_forced_open()
+    before = trace.get_current_span()
+    with pytest.raises(CircuitOpenError):
+        await aclient.chat.completions.create(**request())
+    assert trace.get_current_span() is before
+    assert chaos.arrivals == 0
+    [span] = telemetry.exporter.get_finished_spans()
+    assert span.attributes is not None and span.attributes["streamsentinel.outcome"] == "rejected"

@@ -23,6 +23,7 @@ class Attempts:
     call's ``StreamStart``, ``handles`` the sinks' per-stream handles (empty for a plain call)."""
 
     __slots__ = (
+        "active",
         "handles",
         "last_reason",
         "request_id",
@@ -40,6 +41,7 @@ class Attempts:
         self.stream = stream
         self.start = start
         self.handles = handles
+        self.active: list[Any] | None = None  # context tokens Runtime.begin left current
         self.request_id: str | None = None
         self.sdk_retries = 0
         self.sentinel_retries = 0
@@ -50,7 +52,19 @@ class Attempts:
     def enter(self) -> tuple[Any, Any]:
         """Make this call current while the SDK's ``create()`` runs (and the sinks' contexts, e.g.
         the stream's span, so HTTP spans nest under it); returns what :meth:`exit` restores."""
+        active = self.active
+        if active is not None:  # still current since Runtime.begin: not attached a second time
+            self.active = None
+            return CURRENT.set(self), active
         return CURRENT.set(self), self.rt.emitter.activate(self.handles) if self.handles else None
+
+    def leave(self) -> None:
+        """No call is made after all (refused, served by a fallback, or interrupted before it):
+        the contexts ``Runtime.begin`` left current stop being so."""
+        active = self.active
+        if active is not None:
+            self.active = None
+            self.rt.emitter.deactivate(active)
 
     def exit(self, tokens: tuple[Any, Any]) -> None:
         current, activated = tokens

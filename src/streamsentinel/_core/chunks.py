@@ -202,10 +202,25 @@ _RESPONSES_PREAMBLE = frozenset(
 _EMPTY: tuple[object, ...] = (None, "", [])
 
 
+# Deltas already found to carry nothing but a role (``vars(delta)``): the next role chunk is
+# recognised by one dict comparison. Bounded: a few shapes per SDK version.
+_ROLE_ONLY: list[dict[str, Any]] = []
+
+
 def _chat_preamble(item: Any) -> bool:
     """The role chunk (``delta`` with only ``role``, empty content), a flat error event, or a
     choice-less chunk with nothing but Azure's ``prompt_filter_results``. Anything else may carry
     output."""
+    choices = item.choices
+    if choices and len(choices) == 1:
+        choice = choices[0]
+        fields = vars(choice.delta)
+        if choice.finish_reason is None and fields in _ROLE_ONLY and not choice.delta.model_extra:
+            return True
+    return _chat_preamble_slow(item)
+
+
+def _chat_preamble_slow(item: Any) -> bool:
     choices = item.choices
     if not choices:
         extra = item.model_extra
@@ -218,9 +233,12 @@ def _chat_preamble(item: Any) -> bool:
         delta = choice.delta
         if delta.content or delta.model_extra:  # content first: the usual first output
             return False
-        for name, value in vars(delta).items():  # declared fields: any set beside the role is output
+        fields = vars(delta)
+        for name, value in fields.items():  # declared fields: any set beside the role is output
             if name != "role" and value not in _EMPTY:
                 return False
+        if len(_ROLE_ONLY) < 8 and fields not in _ROLE_ONLY:
+            _ROLE_ONLY.append(dict(fields))
     return True
 
 

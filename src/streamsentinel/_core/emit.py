@@ -94,10 +94,13 @@ class Emitter:
             return True
         return any(sink.wants_chunk_gaps for sink in self._gaps_dynamic)
 
-    def start(self, stream: StreamStart) -> tuple[Any, ...]:
-        """Every sink's handle for a new stream (None for a sink that failed). A sink with a
-        context (the trace sink) is started first and its context is current while the others
-        start, so they can correlate (trace and span ids in log lines)."""
+    def start(self, stream: StreamStart) -> tuple[tuple[Any, ...], list[tuple[Any, Any]] | None]:
+        """Every sink's handle for a new stream (None for a sink that failed), and the tokens of
+        the contexts made current (None: none). A sink with a context (the trace sink) is started
+        first and its context is current while the others start, so they can correlate (trace
+        and span ids in log lines). The contexts stay current: the caller hands the tokens to
+        :meth:`deactivate` once the SDK's ``create()`` returned (``Attempts.enter``/``exit``), or
+        at once when no call is made, so a context is attached once per stream, not twice."""
         handles: list[Any] = []
         tokens: list[tuple[Any, Any]] | None = None
         for sink, activates in self._start_plan:
@@ -114,9 +117,7 @@ class Emitter:
                     tokens.append((sink.deactivate, token))
                 except Exception as exc:
                     self.errors(sink.name, exc)
-        if tokens is not None:
-            self.deactivate(tokens)
-        return tuple(handles)
+        return tuple(handles), tokens
 
     def event(self, stream: StreamStart | None, event: Event, handles: tuple[Any, ...] = _NO_HANDLES) -> None:
         for i, sink in enumerate(self.sinks):

@@ -194,13 +194,22 @@ class Runtime:
         reissue: Callable[[], Any] | None,
         retrieve: Callable[[str, int], Any] | None = None,
     ) -> StreamController:
-        """A streaming call: sinks started, the request counted by the retry budget."""
+        """A streaming call: sinks started, the request counted by the retry budget. The stream's
+        contexts (its span) are current on return: the caller makes the call (``enter``/``exit``)
+        or, when it makes none, calls ``leave()``."""
         stream = self.stream_start(operation, base_url, request, provider)
         start = perf_counter()
-        handles = self.emitter.start(stream)
-        self.budget.record_request()
-        REAPER.start()
-        return StreamController(self, stream, start, handles, reissue=reissue, retrieve=retrieve)
+        handles, active = self.emitter.start(stream)
+        try:
+            self.budget.record_request()
+            REAPER.start()
+            ctl = StreamController(self, stream, start, handles, reissue=reissue, retrieve=retrieve)
+        except BaseException:
+            if active is not None:
+                self.emitter.deactivate(active)
+            raise
+        ctl.active = active  # current until the call's enter()/exit(), or its leave()
+        return ctl
 
     # -- the circuit breaker ----------------------------------------------------------------------
 

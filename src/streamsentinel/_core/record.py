@@ -30,6 +30,8 @@ def _str(value: Any) -> str | None:
 def finish_reasons(reasons: dict[int, Any], failed: bool) -> tuple[str, ...]:
     """Finish reasons by choice index, as bounded values; on a failed stream a position whose
     reason never came reports ``error`` (semconv ``gen_ai.response.finish_reasons``)."""
+    if len(reasons) == 1 and 0 in reasons:  # one choice, the usual case
+        return (finish_reason_value(reasons[0]),)
     indexes = [i for i in reasons if isinstance(i, int) and 0 <= i < 128]
     if not indexes:
         return ("error",) if failed else ()
@@ -53,13 +55,13 @@ def build_record(
         s = ctl.s
         wire = s.wire
         text = s.joined(s.text) if capture_content else None
-        code = s.in_stream_error[0] if s.in_stream_error is not None else None
+        code = _str(s.in_stream_error[0]) if s.in_stream_error is not None else None
         return StreamRecord(
             start=ctl.stream,
             outcome=outcome,
             error_type=error_type,
             reason=reason,
-            error_code=_str(code),
+            error_code=code,
             duration=end - start,
             time_to_first_chunk=None if s.first_item_at is None else s.first_item_at - start,
             time_to_first_token=None if s.first_at is None else s.first_at - start,
@@ -69,13 +71,14 @@ def build_record(
             chunk_gaps=tuple(s.gaps) if s.gaps else (),
             finish_reasons=finish_reasons(s.finish_reasons, error_type is not None),
             done_seen=wire.done if wire is not None and ctl.stream.operation != "responses" else None,
-            input_tokens=_int(s.input_tokens),
-            output_tokens=_int(s.output_tokens),
-            reasoning_tokens=_int(s.reasoning_tokens),
-            cached_input_tokens=_int(s.cached_tokens),
-            request_id=_str(ctl.request_id),
-            response_id=_str(s.response_id),
-            response_model=_str(s.response_model),
+            # The SDK does not validate: a field of another type is left out (None).
+            input_tokens=None if s.input_tokens is None else _int(s.input_tokens),
+            output_tokens=None if s.output_tokens is None else _int(s.output_tokens),
+            reasoning_tokens=None if s.reasoning_tokens is None else _int(s.reasoning_tokens),
+            cached_input_tokens=None if s.cached_tokens is None else _int(s.cached_tokens),
+            request_id=ctl.request_id if type(ctl.request_id) is str else None,
+            response_id=s.response_id if type(s.response_id) is str else _str(s.response_id),
+            response_model=s.response_model if type(s.response_model) is str else _str(s.response_model),
             sdk_retries=ctl.sdk_retries,
             sentinel_retries=ctl.sentinel_retries,
             breaker=ctl.breaker_name,

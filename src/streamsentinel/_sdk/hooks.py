@@ -94,8 +94,13 @@ def _entry(operation: str, method: str, is_async: bool) -> _Wrapper:
         ctl = None if rt is None else _begin(rt, operation, instance, args, kwargs, wrapped)
         if rt is None or ctl is None:
             return wrapped(*args, **kwargs)
-        rejected = rt.admit(ctl, kwargs)
+        try:
+            rejected = rt.admit(ctl, kwargs)
+        except BaseException:
+            ctl.leave()
+            raise
         if rejected is not None:
+            ctl.leave()
             serve = _serve(rt, ctl, rejected, instance, method, kwargs)
             token = IN_FALLBACK.set(True)
             try:
@@ -113,8 +118,13 @@ def _entry(operation: str, method: str, is_async: bool) -> _Wrapper:
         ctl = None if rt is None else _begin(rt, operation, instance, args, kwargs, wrapped)
         if rt is None or ctl is None:
             return await wrapped(*args, **kwargs)
-        rejected = await rt.admit_async(ctl, kwargs)
+        try:
+            rejected = await rt.admit_async(ctl, kwargs)
+        except BaseException:
+            ctl.leave()
+            raise
         if rejected is not None:
+            ctl.leave()
             serve = _serve(rt, ctl, rejected, instance, method, kwargs)
             token = IN_FALLBACK.set(True)
             try:

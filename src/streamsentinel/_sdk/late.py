@@ -76,8 +76,13 @@ def late_hooks(runtime: Callable[[], Any]) -> None:
         if opened is None:
             return wrapped(*args, **kwargs)
         ctl, request = opened
-        rejected = rt.admit(ctl, request)
+        try:
+            rejected = rt.admit(ctl, request)
+        except BaseException:
+            ctl.leave()
+            raise
         if rejected is not None:
+            ctl.leave()
             raise rejected
         return call(ctl, wrapped, args, kwargs)
 
@@ -89,8 +94,13 @@ def late_hooks(runtime: Callable[[], Any]) -> None:
         if opened is None:
             return await wrapped(*args, **kwargs)
         ctl, request = opened
-        rejected = await rt.admit_async(ctl, request)
+        try:
+            rejected = await rt.admit_async(ctl, request)
+        except BaseException:
+            ctl.leave()
+            raise
         if rejected is not None:
+            ctl.leave()
             raise rejected
         return await acall(ctl, wrapped, args, kwargs)
 

@@ -157,20 +157,25 @@ class OTelTraceSink:
             attrs["streamsentinel.done_seen"] = record.done_seen
         if record.reason is not None:
             attrs["streamsentinel.truncation_reason"] = record.reason
-        for name, value in (
-            (sc.GEN_AI_RESPONSE_ID, record.response_id),
-            (sc.GEN_AI_RESPONSE_MODEL, record.response_model),
-            (sc.GEN_AI_USAGE_INPUT_TOKENS, record.input_tokens),
-            (sc.GEN_AI_USAGE_OUTPUT_TOKENS, record.output_tokens),
-            (sc.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS, record.cached_input_tokens),
-            (sc.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS, record.reasoning_tokens),
-            ("streamsentinel.request_id", record.request_id),
-            (sc.GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK, record.time_to_first_chunk),
+        if record.response_id:
+            attrs[sc.GEN_AI_RESPONSE_ID] = record.response_id
+        if record.response_model:
+            attrs[sc.GEN_AI_RESPONSE_MODEL] = record.response_model
+        if record.input_tokens is not None:
+            attrs[sc.GEN_AI_USAGE_INPUT_TOKENS] = record.input_tokens
+        if record.output_tokens is not None:
+            attrs[sc.GEN_AI_USAGE_OUTPUT_TOKENS] = record.output_tokens
+        if record.cached_input_tokens is not None:
+            attrs[sc.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS] = record.cached_input_tokens
+        if record.reasoning_tokens is not None:
+            attrs[sc.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS] = record.reasoning_tokens
+        if record.request_id:
+            attrs["streamsentinel.request_id"] = record.request_id
+        if record.time_to_first_chunk is not None:
+            attrs[sc.GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK] = record.time_to_first_chunk
+        if record.time_to_first_token is not None:
             # An attribute, not an event: an event costs the SDK several times more.
-            ("streamsentinel.time_to_first_token", record.time_to_first_token),
-        ):
-            if value is not None and value != "":
-                attrs[name] = value
+            attrs["streamsentinel.time_to_first_token"] = record.time_to_first_token
         if record.finish_reasons:
             attrs[sc.GEN_AI_RESPONSE_FINISH_REASONS] = record.finish_reasons
         for event in record.events:
