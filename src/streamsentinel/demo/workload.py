@@ -125,14 +125,15 @@ def run_workload(
 
     async def run_async() -> None:
         client = make_async()
-        gate = asyncio.Semaphore(concurrency)
+        jobs = iter(async_jobs)  # shared by the workers: each job is taken once
 
-        async def one(i: int, k: str) -> None:
-            async with gate:
+        async def worker() -> None:
+            # `concurrency` tasks, not one per request: Ctrl-C cancels a handful, not 500,000.
+            for i, k in jobs:
                 done(await _consume_async(client, k, i, model))
 
         try:
-            await asyncio.gather(*(one(i, k) for i, k in async_jobs))
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
         finally:
             await client.close()
 
