@@ -125,16 +125,33 @@ def run_workload(
 
     async def run_async() -> None:
         client = make_async()
-        jobs = iter(async_jobs)  # shared by the workers: each job is taken once
+        gate = asyncio.Semaphore(concurrency)
+        running: set[asyncio.Task[None]] = set()
 
-        async def worker() -> None:
-            # `concurrency` tasks, not one per request: Ctrl-C cancels a handful, not 500,000.
-            for i, k in jobs:
+        async def one(i: int, k: str) -> None:
+            try:
                 done(await _consume_async(client, k, i, model))
+            except Exception as exc:  # a bug in the demo itself: re-raised by run_workload
+                failures.append(exc)
+            finally:
+                gate.release()
 
+        # At most `concurrency` tasks exist: a Ctrl-C (the main task cancelled) cancels a handful,
+        # and each of them ends after its one stream whatever it does with the cancellation.
         try:
-            await asyncio.gather(*(worker() for _ in range(concurrency)))
+            for i, k in async_jobs:
+                await gate.acquire()
+                if failures or stop.is_set():
+                    gate.release()
+                    break
+                task = asyncio.create_task(one(i, k))
+                running.add(task)
+                task.add_done_callback(running.discard)
+            if running:
+                await asyncio.gather(*running)
         finally:
+            for task in running:
+                task.cancel()
             await client.close()
 
     try:
