@@ -4,6 +4,7 @@ and rate-limit headers are counted). Real loopback HTTP against the chaos server
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import httpx2
@@ -204,3 +205,32 @@ def test_non_streaming_final_429_is_the_sdks_error(telemetry: Telemetry) -> None
     assert telemetry.by("openai_stream_retries_total", "reason") == {}
     assert telemetry.value("openai_stream_requests_total") == 0
     assert telemetry.spans() == ()
+
+
+@pytest.mark.parametrize("api", ["sync", "async"])
+async def test_a_non_streaming_429_body_is_not_read_twice(telemetry: Telemetry, api: str) -> None:
+    """The SDK's send() has read a non-streaming 429's body already: reading it again (to tell the
+    429's kind) would wait on the socket until the read timeout, and lose the connection. The next
+    call goes out on the same connection, as without streamsentinel."""
+    plan = FaultPlan(script=[FaultSpec(fault=Fault.RATE_LIMIT_REQUESTS, retry_after_ms=1)])
+    timeout = httpx2.Timeout(10.0, connect=2.0, read=3.0)  # broken: waits this long, then fails
+    with ChaosServer(plan, chunks=5) as server:
+        if api == "sync":
+            with openai.OpenAI(base_url=server.base_url, api_key="k", max_retries=0, timeout=timeout) as c:
+                with pytest.raises(openai.RateLimitError) as raised:
+                    c.chat.completions.create(model=MODEL, messages=MESSAGES)
+                completion = c.chat.completions.create(model=MODEL, messages=MESSAGES)
+        else:
+            async with openai.AsyncOpenAI(
+                base_url=server.base_url, api_key="k", max_retries=0, timeout=timeout
+            ) as ac:
+                with pytest.raises(openai.RateLimitError) as raised:
+                    await ac.chat.completions.create(model=MODEL, messages=MESSAGES)
+                completion = await ac.chat.completions.create(model=MODEL, messages=MESSAGES)
+        records = server.wait_for_records(2)
+    assert type(completion) is ChatCompletion
+    # The SDK's response as it left send(): its body stream untouched (not wrapped for a re-read).
+    assert type(raised.value.response.stream).__module__.startswith("httpx2.")
+    assert raised.value.body == json.loads(raised.value.response.content)["error"]
+    assert [r.connection for r in records] == [records[0].connection] * 2
+    assert telemetry.by("openai_stream_rate_limit_events_total", "kind") == {"requests": 1}

@@ -50,9 +50,26 @@ class _Replay(httpx2.SyncByteStream, httpx2.AsyncByteStream):
         await self._inner.aclose()
 
 
+def _already_read(response: Any) -> bool | None:
+    """True when the body was read already (a non-streaming call: the SDK's ``send`` read it), so
+    ``response.content`` is readable; False when it was consumed without being kept; None when it
+    is still to be read. Reading a consumed stream again would wait on the socket for bytes that
+    never come (until the read timeout)."""
+    if not getattr(response, "is_stream_consumed", False):
+        return None
+    try:
+        response.content  # noqa: B018 (raises ResponseNotRead when the bytes were not kept)
+    except Exception:
+        return False
+    return True
+
+
 def preread(response: Any) -> bool:
     """Read ahead the body of ``response`` (a sync ``httpx2.Response`` being streamed) and read it
     whole through the replay when nothing broke. True when ``response.content`` is then readable."""
+    done = _already_read(response)
+    if done is not None:
+        return done
     inner = response.stream
     chunks: list[bytes] = []
     size = 0
@@ -74,6 +91,9 @@ def preread(response: Any) -> bool:
 
 async def apreread(response: Any) -> bool:
     """:func:`preread` for an async response."""
+    done = _already_read(response)
+    if done is not None:
+        return done
     inner = response.stream
     chunks: list[bytes] = []
     size = 0
