@@ -165,8 +165,21 @@ def test_cli_interrupted_is_one_line(
     assert one_line(capsys.readouterr().err) == "streamsentinel: interrupted"
 
 
+def _signal_state(pid: int) -> str:
+    """The signal lines of ``/proc/PID/status`` (blocked, ignored, caught, pending), for a report."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError as exc:
+        return str(exc)
+    wanted = ("SigBlk", "SigIgn", "SigCgt", "SigPnd", "ShdPnd")
+    return "; ".join(line for line in lines if line.startswith(wanted))
+
+
 def test_demo_sigint_mid_run() -> None:
     """A real Ctrl-C: SIGINT once the demo printed its first line (its traffic is running)."""
+    # A child inherits its parent's blocked and ignored signals: the test would wait in vain.
+    assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, []), "SIGINT blocked here"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     proc = subprocess.Popen(
         streamsentinel_cli("demo", "--metrics-port", "0", "--requests", "1000000"),
         stdout=subprocess.PIPE,
@@ -179,7 +192,10 @@ def test_demo_sigint_mid_run() -> None:
         first = proc.stdout.readline()
         assert first.startswith("target: http://127.0.0.1:"), first
         proc.send_signal(signal.SIGINT)
-        _out, err = proc.communicate(timeout=120)
+        try:
+            _out, err = proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"no exit 120 s after SIGINT: {_signal_state(proc.pid)}") from None
     finally:
         if proc.poll() is None:
             proc.kill()
