@@ -53,7 +53,8 @@ def patch(module_name: str, class_name: str, method: str, wrapper: Callable[...,
     _strip_inert()
     original_attribute = owner.__dict__[method]
     switch = _Switch()
-    function_wrapper = wrapt.FunctionWrapper(original_attribute, wrapper, enabled=switch)
+    # A list's truth is read in C; a __bool__ (what wrapt's stub asks for) would be a Python call.
+    function_wrapper = wrapt.FunctionWrapper(original_attribute, wrapper, enabled=switch)  # type: ignore[arg-type]
     setattr(owner, method, function_wrapper)
     _applied.append((owner, method, original_attribute, function_wrapper, switch))
 
