@@ -91,6 +91,9 @@ class RetryPolicy:
         return max(delay, server_delay) if server_delay is not None else delay
 
 
+_EXPIRE_EVERY = 4096  # requests recorded between expirations, at most
+
+
 class RetryBudget:
     """Envoy-style retry budget: admits a retry while retries in the last ``window`` seconds stay
     under ``max(min_retries, ratio * requests)``. Thread-safe; O(1) amortised per call."""
@@ -113,11 +116,12 @@ class RetryBudget:
                 times.popleft()
 
     def record_request(self) -> None:
-        """Count one logical request (call once per request, not per attempt)."""
-        now = self._clock()
-        with self._lock:
-            self._expire(now)
-            self._requests.append(now)
+        """Count one logical request (call once per request, not per attempt). No lock: a deque's
+        append is atomic, and only ``_expire`` (under the lock) removes, from the other end."""
+        self._requests.append(self._clock())
+        if len(self._requests) > _EXPIRE_EVERY:  # bounded memory even when no retry asks
+            with self._lock:
+                self._expire(self._clock())
 
     def try_spend(self) -> bool:
         """Take one retry from the budget; False when the budget is exhausted."""
