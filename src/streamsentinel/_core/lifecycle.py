@@ -35,6 +35,7 @@ from .emit import Emitter, InternalErrors
 from .log import debug_enabled
 from .log import log as _log
 from .reaper import REAPER
+from .reopen import Reissue
 from .taxonomy import Operation
 
 if TYPE_CHECKING:
@@ -144,6 +145,7 @@ class Runtime:
         self.rate_limit_seen: dict[tuple[str, str, str], Any] = {}
         self._model_label = BoundedLabel(settings.max_model_labels)
         self._server_label = BoundedLabel(settings.max_model_labels)
+        self._servers: dict[int, tuple[httpx2.URL, str, int, str]] = {}
 
     def debug(self) -> bool:
         return debug_enabled()
@@ -162,20 +164,34 @@ class Runtime:
         *,
         streaming: bool = True,
     ) -> StreamStart:
-        host = base_url.host or "unknown"
-        request_model = str(request.get("model") or "unknown")
+        server = self._servers.get(id(base_url))
+        if server is None or server[0] is not base_url:
+            server = self._server(base_url)
+        model = request.get("model")
+        request_model = model if type(model) is str and model else str(model or "unknown")
         return StreamStart(
-            operation=operation,
-            provider=provider,
-            request_model=request_model,
-            model=self._model_label(request_model),
-            server=self._server_label(host),
-            server_address=host,
-            server_port=base_url.port or (443 if base_url.scheme == "https" else 80),
-            start_ns=time.time_ns(),
-            streaming=streaming,
-            params=_params(request) if streaming else (),
+            operation,
+            provider,
+            request_model,
+            self._model_label(request_model),
+            server[3],
+            server[1],
+            server[2],
+            time.time_ns(),
+            streaming,
+            _params(request) if streaming else (),
         )
+
+    def _server(self, base_url: httpx2.URL) -> tuple[httpx2.URL, str, int, str]:
+        """``(base_url, host, port, server label)``, kept per URL object (a client's base URL is
+        one object for the client's life; URLs are parsed once, not per stream)."""
+        host = base_url.host or "unknown"
+        port = base_url.port or (443 if base_url.scheme == "https" else 80)
+        server = (base_url, host, port, self._server_label(host))
+        if len(self._servers) >= 256:
+            self._servers.clear()
+        self._servers[id(base_url)] = server  # the URL is kept: its id is not reused meanwhile
+        return server
 
     def begin_call(
         self, operation: Operation, base_url: httpx2.URL, request: Mapping[str, Any], provider: str
@@ -191,7 +207,7 @@ class Runtime:
         request: Mapping[str, Any],
         provider: str,
         *,
-        reissue: Callable[[], Any] | None,
+        reissue: Reissue | None,
         retrieve: Callable[[str, int], Any] | None = None,
     ) -> StreamController:
         """A streaming call: sinks started, the request counted by the retry budget. The stream's
