@@ -16,7 +16,6 @@ consumer sees it exactly when it would without streamsentinel.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable
 from time import perf_counter
 from typing import Any
@@ -30,7 +29,7 @@ from ..instrumentation._data import (
 )
 from .endings import Endings
 from .record import build_record
-from .reopen import SKIP
+from .reopen import SKIP, Reissue
 from .state import StreamState
 from .taxonomy import (
     Failure,
@@ -74,7 +73,7 @@ class StreamController(Endings):
         start: float,
         handles: tuple[Any, ...],
         *,
-        reissue: Callable[[], Any] | None,
+        reissue: Reissue | None,
         retrieve: Callable[[str, int], Any] | None,
     ) -> None:
         super().__init__(rt, stream, start, handles, reissue, retrieve)
@@ -90,7 +89,9 @@ class StreamController(Endings):
         self.ended = False
         self.response: Any = None  # the current attempt's httpx2.Response
         self.raw_mode = False  # a raw response not parsed into a stream: its body's end ends it
-        self.out: deque[Any] = deque()  # items the driver hands out before reading again
+        # Items the driver hands out before reading again (a few at most: a list, a fifth of a
+        # deque's size for each open stream).
+        self.out: list[Any] = []
         self.final: Any = None  # after ``out``: STOP or an exception instance to raise
 
     # -- the response of an attempt ---------------------------------------------------------------

@@ -18,6 +18,9 @@ from .attempts import Attempts
 from .state import StreamState
 from .taxonomy import Failure, Outcome, is_cancellation, outcome_of
 
+Reissue = tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]
+"""``(function, args, kwargs)``: the SDK call that opens the same stream request again."""
+
 SKIP: Any = object()
 """``on_item``'s answer for an item not delivered now (held, or a replay's already-seen part)."""
 
@@ -49,11 +52,13 @@ class Reopening(Attempts):
         stream: Any,
         start: float,
         handles: tuple[Any, ...],
-        reissue: Callable[[], Any] | None,
+        reissue: Reissue | None,
         retrieve: Callable[[str, int], Any] | None,
     ) -> None:
         super().__init__(rt, stream, start, handles)
-        self.reissue = reissue  # opens the same request again (None: late observation, no retry)
+        # (function, args, kwargs) opening the same request again (None: no retry); a tuple,
+        # not a closure: every open stream keeps it.
+        self.reissue = reissue
         self.retrieve = retrieve  # Responses: continues a background response from a sequence number
         self.attempt = 1
         # While a retry is possible, items known to carry no output are held: until the first
@@ -170,9 +175,7 @@ class Reopening(Attempts):
             self.s.new_attempt(keep_gaps=rt.emitter.wants_chunk_gaps)
             self.holding = rt.policy.attempts > 1
             self.held.clear()
-            reissue = self.reissue
-            assert reissue is not None
-            return reissue
+            return self._reissue()
         self.s.new_connection()
         if rt.policy.resume == "responses":
             retrieve, s = self.retrieve, self.s
@@ -181,9 +184,13 @@ class Reopening(Attempts):
             return lambda: retrieve(response_id, last_seq)
         delivered = (self.s.joined(self.s.text), self.s.joined(self.s.tool_args))
         self._skipper = ReplaySkipper(self.stream.operation, delivered)
+        return self._reissue()
+
+    def _reissue(self) -> Callable[[], Any]:
         reissue = self.reissue
         assert reissue is not None
-        return reissue
+        fn, args, kwargs = reissue
+        return lambda: fn(*args, **kwargs)
 
     def reopened(self, stream: Any) -> None:
         """The next stream opened (the driver has adopted it through the SDK layer)."""

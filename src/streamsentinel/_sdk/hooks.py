@@ -72,7 +72,7 @@ def _begin(
             compat.base_url(instance),
             kwargs,
             compat.provider(compat.resource_client(instance)),
-            reissue=lambda: wrapped(*args, **retry_kwargs),
+            reissue=(wrapped, args, retry_kwargs),
             retrieve=retrieve,
         )
     except Exception as exc:

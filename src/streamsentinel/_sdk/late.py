@@ -57,7 +57,7 @@ def _begin(rt: Any, client: Any, wrapped: Any, args: tuple[Any, ...], kwargs: di
             client.base_url,
             request,
             compat.provider(client),
-            reissue=None if raw else lambda: wrapped(*args, **kwargs),
+            reissue=None if raw else (wrapped, args, kwargs),
         )
         return ctl, request
     except Exception as exc:

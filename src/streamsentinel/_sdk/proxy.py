@@ -44,7 +44,7 @@ def adopt(ctl: StreamController, stream: Any) -> None:
 def _hand_out(ctl: StreamController, stop: type[BaseException]) -> Any:
     """The next queued item, else the final exception (once; later reads end the iterator)."""
     if ctl.out:
-        return ctl.out.popleft()
+        return ctl.out.pop(0)
     final, ctl.final = ctl.final, STOP
     raise (stop() if final is STOP else final)
 
@@ -70,7 +70,7 @@ class _SyncDriver:
     def __next__(self) -> Any:
         ctl = self.ctl
         if ctl.out:  # released or flushed items go first
-            return ctl.out.popleft()
+            return ctl.out.pop(0)
         s = ctl.s
         while ctl.final is None:
             s.read_at = perf_counter()  # a read is pending (the watchdog, and a consumer giving up)
@@ -89,7 +89,7 @@ class _SyncDriver:
                     continue
                 if ctl.out:
                     ctl.out.append(item)
-                    return ctl.out.popleft()
+                    return ctl.out.pop(0)
                 return item
             if delay is not None:
                 time.sleep(delay)
@@ -117,7 +117,7 @@ class _AsyncDriver:
     async def __anext__(self) -> Any:
         ctl = self.ctl
         if ctl.out:  # released or flushed items go first
-            return ctl.out.popleft()
+            return ctl.out.pop(0)
         s = ctl.s
         while ctl.final is None:
             s.read_at = perf_counter()  # a read is pending (the watchdog, and a consumer giving up)
@@ -136,7 +136,7 @@ class _AsyncDriver:
                     continue
                 if ctl.out:
                     ctl.out.append(item)
-                    return ctl.out.popleft()
+                    return ctl.out.pop(0)
                 return item
             if delay is not None:
                 await asyncio.sleep(delay)

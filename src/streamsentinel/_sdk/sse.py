@@ -78,24 +78,51 @@ class ObservedSSEDecoder(SSEDecoder):
         (a cut in an event's first bytes, such as ``dat``, leaves no field behind)."""
         return self.partial or self._last_read[-1:] not in (b"", b"\n", b"\r")
 
-    def _reads(self, iterator: Iterator[bytes]) -> Iterator[bytes]:
-        for chunk in iterator:
-            if chunk:
-                self._last_read = chunk
-            yield chunk
-
-    async def _areads(self, iterator: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        async for chunk in iterator:
-            if chunk:
-                self._last_read = chunk
-            yield chunk
-
     def iter_bytes(self, iterator: Iterator[bytes]) -> Iterator[ServerSentEvent]:
-        for sse in SSEDecoder.iter_bytes(self, self._reads(iterator)):
+        for sse in SSEDecoder.iter_bytes(self, _Reads(self, iterator)):
             self.last = sse
             yield sse
 
     async def aiter_bytes(self, iterator: AsyncIterator[bytes]) -> AsyncIterator[ServerSentEvent]:
-        async for sse in SSEDecoder.aiter_bytes(self, self._areads(iterator)):
+        async for sse in SSEDecoder.aiter_bytes(self, _AsyncReads(self, iterator)):
             self.last = sse
             yield sse
+
+
+class _Reads:
+    """The body's byte iterator, keeping the last non-empty bytes read on the decoder. A class,
+    not a generator: an open stream keeps it, and it is a quarter of a suspended generator's size."""
+
+    __slots__ = ("_decoder", "_next")
+
+    def __init__(self, decoder: ObservedSSEDecoder, iterator: Iterator[bytes]) -> None:
+        self._decoder = decoder
+        self._next = iter(iterator).__next__
+
+    def __iter__(self) -> _Reads:
+        return self
+
+    def __next__(self) -> bytes:
+        chunk = self._next()
+        if chunk:
+            self._decoder._last_read = chunk
+        return chunk
+
+
+class _AsyncReads:
+    """:class:`_Reads` for an async body."""
+
+    __slots__ = ("_decoder", "_next")
+
+    def __init__(self, decoder: ObservedSSEDecoder, iterator: AsyncIterator[bytes]) -> None:
+        self._decoder = decoder
+        self._next = iterator.__aiter__().__anext__
+
+    def __aiter__(self) -> _AsyncReads:
+        return self
+
+    async def __anext__(self) -> bytes:
+        chunk = await self._next()
+        if chunk:
+            self._decoder._last_read = chunk
+        return chunk
