@@ -177,16 +177,21 @@ def _signal_state(pid: int) -> str:
 
 def test_demo_sigint_mid_run() -> None:
     """A real Ctrl-C: SIGINT once the demo printed its first line (its traffic is running)."""
-    # A child inherits its parent's blocked and ignored signals: the test would wait in vain.
+    # A child inherits its parent's blocked and ignored signals: a suite started as a background
+    # job (SIGINT ignored) would give a demo that cannot be interrupted. A handler is not inherited:
+    # with one set while the child starts, the child gets SIGINT's default, as from a terminal.
     assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, []), "SIGINT blocked here"
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    proc = subprocess.Popen(
-        streamsentinel_cli("demo", "--metrics-port", "0", "--requests", "1000000"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=ENV,
-    )
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen(
+            streamsentinel_cli("demo", "--metrics-port", "0", "--requests", "1000000"),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=ENV,
+        )
+    finally:
+        signal.signal(signal.SIGINT, previous)
     try:
         assert proc.stdout is not None
         first = proc.stdout.readline()
