@@ -70,6 +70,13 @@ def _int(value: str | None) -> int | None:
         return None
 
 
+# The headers parse_raw reads (a set lookup per header, not a prefix test).
+_RATE_LIMIT_NAMES = frozenset(
+    f"x-ratelimit-{what}-{resource}".encode()
+    for what in ("limit", "remaining", "reset")
+    for resource in RESOURCES
+)
+
 RawHeaders = tuple[tuple[bytes, bytes], ...]
 """The ``x-ratelimit-*`` headers of one response as sent: ``((lower-case name, value), ...)``."""
 
@@ -89,7 +96,7 @@ def scan_headers(
     request_id: str | None = None
     found: list[tuple[bytes, bytes]] = []
     for _, key, value in triples:
-        if key.startswith(b"x-ratelimit-"):
+        if key in _RATE_LIMIT_NAMES:
             found.append((key, value))
         elif key == b"x-request-id" and request_id is None:
             request_id = value.decode("latin-1")

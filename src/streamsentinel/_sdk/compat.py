@@ -111,6 +111,19 @@ def header_triples(headers: Any) -> list[tuple[bytes, bytes, bytes]] | None:
     return triples if isinstance(triples, list) else None
 
 
+def header(headers: Any, lower_name: bytes) -> str | None:
+    """One header's value (``lower_name``: lower-case bytes), read off ``httpx2.Headers._list``
+    without the public lookup's copies; through ``get`` when that list is absent."""
+    triples = header_triples(headers)
+    if triples is None:
+        value: str | None = headers.get(lower_name.decode("latin-1"))
+        return value
+    for _, key, raw in triples:
+        if key == lower_name:
+            return raw.decode("latin-1")
+    return None
+
+
 def decoder_of(stream: Any) -> Any:
     """The stream's SSE decoder (``Stream._decoder``)."""
     return getattr(stream, "_decoder", None)

@@ -34,7 +34,7 @@ def adopt(ctl: StreamController, stream: Any) -> None:
     try:
         decoder = compat.decoder_of(stream)
         response = stream.response
-        content_type = response.headers.get("content-type", "")
+        content_type = compat.header(response.headers, b"content-type") or ""
         wire = decoder if isinstance(decoder, ObservedSSEDecoder) else None
         ctl.adopt(response, wire, "text/event-stream" in content_type)
     except Exception as exc:
