@@ -54,6 +54,7 @@ class StreamController(Endings):
 
     __slots__ = (
         "_debug",
+        "_events_only",
         "_extras",
         "_preamble",
         "_read",
@@ -83,6 +84,7 @@ class StreamController(Endings):
         self._preamble = rt.preambles[stream.operation]
         self._debug = rt.debug()  # DEBUG logging on: asked once per stream, never per chunk
         self._extras = rt.chunk_extras or self._debug
+        self._events_only = rt.chunk_extras and not self._debug and not rt.settings.capture_content
         self.permit: Any = None  # (breaker name, Permit) while a breaker guards the call
         self.breaker_name: str | None = None
         self.attempt_start = start
@@ -149,6 +151,11 @@ class StreamController(Endings):
 
     def _chunk_extras(self, item: Any, now: float, gap: float) -> None:
         s = self.s
+        if self._events_only:  # chunk_events="all", no DEBUG, no content: the event alone
+            self._read(s, item, now)
+            if len(s.events) < _CHUNK_EVENTS_KEPT:
+                s.events.append(ChunkEvent(now - self.start, s.chunks, gap if gap >= 0.0 else None))
+            return
         texts, before = len(s.text), s.first_at
         self._read(s, item, now)
         rt = self.rt

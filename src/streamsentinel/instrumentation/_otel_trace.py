@@ -50,6 +50,13 @@ _REQUEST_PARAMS = {
 
 def _event(event: Event) -> tuple[str, dict[str, Any]] | None:
     """A timeline event as a span event ``(name, attributes)``; None for those not on spans."""
+    if isinstance(event, ChunkEvent):  # first: with chunk_events="all", most events are these
+        # The gap since the previous item is the difference of the events' timestamps: one
+        # attribute, as each one costs the SDK a validation per chunk.
+        chunk: dict[str, Any] = {"streamsentinel.chunk": event.index}
+        if event.text:
+            chunk["streamsentinel.text"] = event.text
+        return "streamsentinel.chunk", chunk
     if isinstance(event, GapEvent):
         return "streamsentinel.gap", {"streamsentinel.gap": event.gap}
     if isinstance(event, RetryEvent):
@@ -70,13 +77,6 @@ def _event(event: Event) -> tuple[str, dict[str, Any]] | None:
         if event.code:
             attributes["streamsentinel.error_code"] = event.code
         return "streamsentinel.in_stream_error", attributes
-    if isinstance(event, ChunkEvent):
-        attributes = {"streamsentinel.chunk": event.index}
-        if event.gap is not None:
-            attributes["streamsentinel.gap"] = event.gap
-        if event.text:
-            attributes["streamsentinel.text"] = event.text
-        return "streamsentinel.chunk", attributes
     if isinstance(event, BreakerTransition):
         return "streamsentinel.circuit_state", {
             "streamsentinel.breaker": event.breaker,
@@ -181,7 +181,7 @@ class OTelTraceSink:
         for event in record.events:
             named = _event(event)
             if named is not None:
-                at = getattr(event, "at", record.duration)
+                at = event.at if hasattr(event, "at") else record.duration
                 span.add_event(named[0], named[1], start_ns + int(at * 1e9))
         if record.reason is not None:
             truncated: dict[str, Any] = {
