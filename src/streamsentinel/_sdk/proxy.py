@@ -4,8 +4,9 @@
 keeps ``isinstance(stream, openai.Stream)``, ``stream.response`` and every other attribute. Each
 read goes: proxy -> driver -> the SDK's ``__next__`` -> ``controller.on_item`` (where a chunk is
 observed). The drivers decide nothing: they read, sleep and reopen when the controller says so,
-and hand out ``controller.out`` then ``controller.final``. The async driver is a class with an
-``async def __anext__``, not an async generator: nothing for the event loop to finalize.
+and hand out ``controller.out`` then ``controller.final``. The sync driver is a generator (its
+locals stay in place between items); the async one is a class with an ``async def __anext__``,
+not an async generator: nothing for the event loop to finalize.
 
 Like the SDK's ``Stream.__iter__``, ``__iter__`` returns the stream itself, so breaking out of a
 ``for`` loop and iterating again resumes where it stopped.
@@ -16,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import time
 import weakref
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterator
 from time import perf_counter
 from typing import Any
 
@@ -49,61 +50,73 @@ def _hand_out(ctl: StreamController, stop: type[BaseException]) -> Any:
     raise (stop() if final is STOP else final)
 
 
-def _switch(driver: _SyncDriver | _AsyncDriver, stream: Any) -> Any:
+def _switch(ctl: StreamController, proxy_ref: weakref.ref[Any], stream: Any) -> Any:
     """The next attempt's stream is read from now on."""
-    adopt(driver.ctl, stream)
-    driver.ctl.reopened(stream)
-    proxy = driver.proxy()
+    adopt(ctl, stream)
+    ctl.reopened(stream)
+    proxy = proxy_ref()
     if proxy is not None:  # the consumer's `stream.response` etc. now refer to the new stream
         proxy.__wrapped__ = stream
     return stream
 
 
-class _SyncDriver:
-    __slots__ = ("ctl", "next_item", "proxy")
+class _ProxyRef:
+    """A weak reference to the consumer's proxy, kept out of frame locals: a traceback's locals are
+    repr()'d by loggers, and a weakref's repr asks the (proxied) referent for its class."""
 
-    def __init__(self, ctl: StreamController, stream: Any, proxy: Any) -> None:
-        self.ctl = ctl
-        self.next_item = stream.__next__
-        self.proxy = weakref.ref(proxy)
+    __slots__ = ("ref",)
 
-    def __next__(self) -> Any:
-        ctl = self.ctl
-        if ctl.out:  # released or flushed items go first
-            return ctl.out.pop(0)
-        s = ctl.s
-        while ctl.final is None:
-            s.read_at = perf_counter()  # a read is pending (the watchdog, and a consumer giving up)
+    def __init__(self, proxy: Any) -> None:
+        self.ref = weakref.ref(proxy)
+
+
+def _sync_drive(ctl: StreamController, stream: Any, proxy: _ProxyRef) -> Iterator[Any]:
+    """The sync driver: a generator, so each item resumes it with its locals in place (no frame
+    to build per item). Nothing to finalize: a generator dropped at a ``yield`` holds no lock."""
+    next_item = stream.__next__
+    out = ctl.out  # the controller's queue (mutated, never replaced)
+    on_item = ctl.on_item
+    s = ctl.s
+    while True:
+        while out:  # released or flushed items go first
+            yield out.pop(0)
+        final = ctl.final
+        if final is not None:
+            ctl.final = STOP
+            if final is STOP:
+                return
+            raise final
+        s.read_at = perf_counter()  # a read is pending (the watchdog, and a consumer giving up)
+        try:
+            item = next_item()
+        except StopIteration:
+            s.read_at = 0.0
+            delay = ctl.on_eof()
+        except BaseException as exc:
+            delay = ctl.on_error(exc)
+            s.read_at = 0.0
+        else:
+            s.read_at = 0.0
+            item = on_item(item)
+            if item is SKIP:
+                continue
+            if out:  # held items were released ahead of it
+                out.append(item)
+                continue
+            yield item
+            continue
+        if delay is not None:
+            time.sleep(delay)
+            call = ctl.next_call()
+            tokens = ctl.enter()
             try:
-                item = self.next_item()
-            except StopIteration:
-                s.read_at = 0.0
-                delay = ctl.on_eof()
+                opened = call()
             except BaseException as exc:
-                delay = ctl.on_error(exc)
-                s.read_at = 0.0
-            else:
-                s.read_at = 0.0
-                item = ctl.on_item(item)
-                if item is SKIP:
-                    continue
-                if ctl.out:
-                    ctl.out.append(item)
-                    return ctl.out.pop(0)
-                return item
-            if delay is not None:
-                time.sleep(delay)
-                call = ctl.next_call()
-                tokens = ctl.enter()
-                try:
-                    stream = call()
-                except BaseException as exc:
-                    ctl.reopen_failed(exc)
-                    continue
-                finally:
-                    ctl.exit(tokens)
-                self.next_item = _switch(self, stream).__next__
-        return _hand_out(ctl, StopIteration)
+                ctl.reopen_failed(exc)
+                continue
+            finally:
+                ctl.exit(tokens)
+            next_item = _switch(ctl, proxy.ref, opened).__next__
 
 
 class _AsyncDriver:
@@ -149,8 +162,14 @@ class _AsyncDriver:
                     continue
                 finally:
                     ctl.exit(tokens)
-                self.next_item = _switch(self, stream).__anext__
+                self.next_item = _switch(ctl, self.proxy, stream).__anext__
         return _hand_out(ctl, StopAsyncIteration)
+
+
+# Each proxy's read function (its driver), by the proxy's id. Reading an attribute of a
+# wrapt.ObjectProxy subclass goes through its __getattr__ hook (a few thousand CPU instructions);
+# the per-item path does not pay that: it finds the driver here. The entry goes with the proxy.
+_READS: dict[int, Any] = {}
 
 
 class ObservedBase(wrapt.ObjectProxy):  # type: ignore[type-arg]
@@ -162,6 +181,7 @@ class ObservedBase(wrapt.ObjectProxy):  # type: ignore[type-arg]
         self._self_ctl = ctl
 
     def __del__(self) -> None:
+        _READS.pop(id(self), None)
         ctl = self._self_ctl
         if not ctl.ended:
             REAPER.put(ctl)
@@ -175,7 +195,7 @@ class ObservedStream(ObservedBase):
 
     def __init__(self, wrapped: Any, ctl: StreamController) -> None:
         super().__init__(wrapped, ctl)
-        self._self_next = _SyncDriver(ctl, wrapped, self).__next__
+        _READS[id(self)] = _sync_drive(ctl, wrapped, _ProxyRef(self)).__next__
 
     def __iter__(self) -> ObservedStream:
         # The proxy itself: a `for` over `create(...)` holds only what iter() returned, and the
@@ -183,7 +203,7 @@ class ObservedStream(ObservedBase):
         return self
 
     def __next__(self) -> Any:
-        return self._self_next()
+        return _READS[id(self)]()
 
     def __enter__(self) -> ObservedStream:
         return self
@@ -203,13 +223,13 @@ class ObservedAsyncStream(ObservedBase):
 
     def __init__(self, wrapped: Any, ctl: StreamController) -> None:
         super().__init__(wrapped, ctl)
-        self._self_anext = _AsyncDriver(ctl, wrapped, self).__anext__
+        _READS[id(self)] = _AsyncDriver(ctl, wrapped, self).__anext__
 
     def __aiter__(self) -> ObservedAsyncStream:
         return self  # see ObservedStream.__iter__
 
     def __anext__(self) -> Awaitable[Any]:
-        return self._self_anext()
+        return _READS[id(self)]()  # type: ignore[no-any-return]
 
     async def __aenter__(self) -> ObservedAsyncStream:
         return self
