@@ -10,6 +10,7 @@ are the ground truth of what was sent. Backoff sleeps are recorded, never slept.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 from collections.abc import Callable, Iterator, MutableMapping
@@ -23,6 +24,7 @@ import pytest
 import structlog
 
 import streamsentinel
+import streamsentinel.testing
 from streamsentinel import StreamTimeoutError, StreamTruncatedError
 from streamsentinel._sdk import proxy
 from streamsentinel.chaos import ChaosServer, Fault, FaultPlan, FaultSpec
@@ -775,3 +777,57 @@ async def test_reissued_request_gets_the_sdk_retries_once(
     assert telemetry.by("openai_stream_errors_total", "error_type") == {"server_error": 1}
     assert_clean_books(telemetry)
     assert delays == [0.0]
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_an_interrupted_backoff_ends_the_request_with_it(
+    mode: str,
+    scripted: Callable[..., ChaosServer],
+    instrument: Callable[..., Telemetry],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Ctrl-C (sync) or a cancellation (async) while waiting to retry: that read raises it at
+    once, the request is recorded as abandoned (in flight back to 0), and the stream is over."""
+    interrupt: type[BaseException] = KeyboardInterrupt if mode == "sync" else asyncio.CancelledError
+
+    def sleep(seconds: float) -> None:
+        raise KeyboardInterrupt
+
+    async def asleep(seconds: float) -> None:
+        raise asyncio.CancelledError
+
+    monkeypatch.setattr(proxy, "time", SimpleNamespace(sleep=sleep))
+    monkeypatch.setattr(proxy, "asyncio", SimpleNamespace(sleep=asleep))
+    telemetry = instrument()
+    server = scripted(FaultSpec(fault=Fault.RESET, after=HELD["chat"]), OK)
+    outcomes: list[str] = []
+    with streamsentinel.testing.capture() as records:
+        if mode == "sync":
+            with openai.OpenAI(base_url=server.base_url, api_key="k", max_retries=0, timeout=TIMEOUT) as c:
+                stream = c.chat.completions.create(**request("chat"))
+                for _ in range(2):
+                    try:
+                        next(stream)
+                        outcomes.append("item")
+                    except (KeyboardInterrupt, StopIteration) as exc:
+                        outcomes.append(type(exc).__name__)
+                recorded = [r.outcome for r in records]  # while the consumer still holds the stream
+                stream.close()
+        else:
+            async with openai.AsyncOpenAI(
+                base_url=server.base_url, api_key="k", max_retries=0, timeout=TIMEOUT
+            ) as ac:
+                astream = await ac.chat.completions.create(**request("chat"))
+                for _ in range(2):
+                    try:
+                        await anext(astream)
+                        outcomes.append("item")
+                    except (asyncio.CancelledError, StopAsyncIteration) as exc:
+                        outcomes.append(type(exc).__name__)
+                recorded = [r.outcome for r in records]
+                await astream.close()
+    stop = "StopIteration" if mode == "sync" else "StopAsyncIteration"
+    assert outcomes == [interrupt.__name__, stop]
+    assert recorded == ["abandoned"]
+    assert server.arrivals == 1  # no retry was made
+    assert telemetry.value("openai_stream_in_flight") == 0

@@ -197,6 +197,14 @@ class Reopening(Attempts):
         if self._pending == "resume" and self._skipper is None:
             self._resumed("resumed")  # a continuation: nothing to skip
 
+    def wait_interrupted(self, exc: BaseException) -> None:
+        """The wait before reopening raised (a cancellation, or a signal handler's exception): the
+        request ends with that exception at once (the failed attempt's held items dropped, as for
+        a cancellation mid-read), recorded."""
+        self.held.clear()
+        self.request_failed(exc)
+        self._end_with(exc)
+
     def reopen_failed(self, exc: BaseException) -> None:
         """Opening the next stream raised. A retry's failure (or a cancellation) ends the request
         with it; a resume's leaves the original failure to end the stream."""

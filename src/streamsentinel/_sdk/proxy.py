@@ -106,8 +106,12 @@ def _sync_drive(ctl: StreamController, stream: Any, proxy: _ProxyRef) -> Iterato
             yield item
             continue
         if delay is not None:
-            time.sleep(delay)
-            call = ctl.next_call()
+            try:
+                time.sleep(delay)
+                call = ctl.next_call()
+            except BaseException as exc:  # escaping would end this generator without a record
+                ctl.wait_interrupted(exc)
+                continue
             tokens = ctl.enter()
             try:
                 opened = call()
@@ -152,8 +156,12 @@ class _AsyncDriver:
                     return ctl.out.pop(0)
                 return item
             if delay is not None:
-                await asyncio.sleep(delay)
-                call = ctl.next_call()
+                try:
+                    await asyncio.sleep(delay)
+                    call = ctl.next_call()
+                except BaseException as exc:  # as the sync driver: the request ends with it
+                    ctl.wait_interrupted(exc)
+                    continue
                 tokens = ctl.enter()
                 try:
                     stream = await call()
