@@ -933,3 +933,15 @@ def test_threads_recording_while_others_acquire_do_not_deadlock(tight_switching:
         assert nxt_from is prev_to
     assert rec.transitions[-1][1] is snap.state
     assert snap.generation == len(rec.transitions)
+
+
+def test_rates_are_reported_when_they_change_and_again_on_request() -> None:
+    """Listeners hear the window's rates when a result changes them; a listener added later (a
+    store used by a new runtime) hears the current ones with the next result after
+    report_rates_again()."""
+    breaker, _clock, rec = make(minimum_number_of_calls=2)
+    succeed(breaker, 4)
+    assert rec.rates == [(-1.0, -1.0), (0.0, 0.0)]
+    breaker.report_rates_again()
+    succeed(breaker)
+    assert rec.rates == [(-1.0, -1.0), (0.0, 0.0), (0.0, 0.0)]

@@ -173,6 +173,12 @@ class CircuitBreaker:
             if permit.generation == self._generation and self._state is State.HALF_OPEN:
                 self._probes_out = max(self._probes_out - 1, 0)
 
+    def report_rates_again(self) -> None:
+        """The next result reports its rates to the listeners even if they did not change (a
+        listener was added: it has not heard them yet)."""
+        with self._lock:
+            self._last_rates = (math.nan, math.nan)
+
     def retry_after(self) -> float:
         """Seconds until an open breaker permits a probe; ``math.inf`` when forced open; else 0.0."""
         with self._lock:

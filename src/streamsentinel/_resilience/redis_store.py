@@ -105,6 +105,8 @@ class RedisBreakerStore:
         """Called by ``Circuits``: where fleet events go, and the listener of the local breakers."""
         self._emit = emit
         self._forward.listeners.append(listener)
+        for breaker in self._local.breakers():  # a store used again by a new runtime
+            breaker.report_rates_again()
 
     # -- BreakerStore ---------------------------------------------------------------------------
 
