@@ -234,3 +234,8 @@ async def test_a_non_streaming_429_body_is_not_read_twice(telemetry: Telemetry, 
     assert raised.value.body == json.loads(raised.value.response.content)["error"]
     assert [r.connection for r in records] == [records[0].connection] * 2
     assert telemetry.by("openai_stream_rate_limit_events_total", "kind") == {"requests": 1}
+    # Plain calls only: no stream was ever in flight, so there is no in-flight series.
+    in_flight = [
+        s for f in telemetry.registry.collect() for s in f.samples if s.name == "openai_stream_in_flight"
+    ]
+    assert in_flight == []

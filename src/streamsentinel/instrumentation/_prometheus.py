@@ -287,7 +287,7 @@ class _Bound:
         self.m = m
         self.key = key
         self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
-        self.in_flight = _adder(m.in_flight.labels(*key))
+        self.in_flight: Any = None  # adder, made by the first stream (a plain call has none)
         self.by_outcome: dict[str, tuple[Any, Any]] = {}  # outcome -> (requests adder, duration)
         self.finish_reasons: dict[str, Any] = {}  # reason -> adder
         self.chunks: Any = None  # adder
@@ -339,6 +339,8 @@ class PrometheusSink:
 
     def start(self, stream: StreamStart) -> _Bound:
         bound = self.bound(stream)
+        if bound.in_flight is None:
+            bound.in_flight = _adder(self.m.in_flight.labels(*bound.key))
         bound.in_flight(1)
         return bound
 
