@@ -16,11 +16,14 @@ def _int(value: Any) -> int | None:
 
 
 def _chars(pieces: list[Any]) -> int:
-    """Characters in the text pieces, without joining them."""
-    try:
+    """Characters in the text pieces, without joining them (as ``StreamState.joined`` would count
+    them: a piece that is not a string counts as its ``str()``)."""
+    if set(map(type, pieces)) <= _STR:  # the usual case, in C
         return sum(map(len, pieces))
-    except TypeError:
-        return sum(len(p if isinstance(p, str) else str(p)) for p in pieces)
+    return sum(len(p if isinstance(p, str) else str(p)) for p in pieces)
+
+
+_STR = frozenset({str})
 
 
 def _str(value: Any) -> str | None:
