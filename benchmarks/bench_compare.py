@@ -15,29 +15,14 @@ of ``--chunks`` items, less the short one), over the plain SDK of the same versi
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-WORKER = HERE / "worker.py"
-VARIANTS = ("plain", "instrumented", "instrumented-warn", "instrumented-untraced")
+sys.path.insert(0, str(HERE))
 
-
-def run_worker(src: Path, variant: str, chunks: int) -> dict[str, float]:
-    env = dict(os.environ, PYTHONHASHSEED="0", PYTHONPATH=str(src))
-    out = subprocess.run(
-        [sys.executable, str(WORKER), variant, str(chunks)],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=True,
-    )
-    result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
-    return result
+from bench_overhead import VARIANTS, run_worker  # noqa: E402
 
 
 def main() -> int:
@@ -57,7 +42,7 @@ def main() -> int:
     for _ in range(args.rounds):
         for name, src in versions.items():
             for variant in VARIANTS:
-                samples[(name, variant)].append(run_worker(src, variant, args.chunks))
+                samples[(name, variant)].append(run_worker(variant, args.chunks, src))
     print("| version | variant | added per stream | added per chunk |")
     print("|---|---|---|---|")
     for name in versions:

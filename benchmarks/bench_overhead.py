@@ -26,8 +26,12 @@ VARIANTS = ("plain", "instrumented", "instrumented-warn", "instrumented-untraced
 SHORT_ITEMS = 3  # role-less short stream: 1 content chunk + finish chunk + [DONE]
 
 
-def run_worker(variant: str, chunks: int) -> dict[str, float]:
+def run_worker(variant: str, chunks: int, src: Path | None = None) -> dict[str, float]:
+    """One fresh worker process: its fastest long and short stream, seconds (``src``: the
+    streamsentinel version to import, put first on ``PYTHONPATH``; None: the installed one)."""
     env = dict(os.environ, PYTHONHASHSEED="0")
+    if src is not None:
+        env["PYTHONPATH"] = str(src)
     out = subprocess.run(
         [sys.executable, str(WORKER), variant, str(chunks)],
         check=True,
