@@ -480,8 +480,11 @@ def test_instrument_again_keeps_or_reconfigures_and_patches_once(
     list(open_chat(client))
     span = assert_one_stream(telemetry, "completed")
     assert telemetry.value("openai_stream_requests_total") == 1
-    # The second call's options are in effect: a span event per chunk.
-    assert len([e.name for e in span.events if e.name == "streamsentinel.chunk"]) == CHAT_ITEMS
+    # The second call's options are in effect: the chunk timeline, an offset per chunk.
+    timeline = [e for e in span.events if e.name == "streamsentinel.chunks"]
+    assert len(timeline) == 1 and timeline[0].attributes is not None
+    offsets: Any = timeline[0].attributes["streamsentinel.chunk_offsets"]
+    assert len(offsets) == CHAT_ITEMS
 
 
 def test_uninstrument_restores_the_exact_originals(telemetry: Telemetry, client: openai.OpenAI) -> None:

@@ -4,6 +4,7 @@ and that a failing sink never reaches the consumer."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import re
@@ -17,6 +18,7 @@ from openai.types.chat import ChatCompletionChunk
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind, StatusCode
 
+import streamsentinel.testing
 from streamsentinel import StreamTruncatedError
 from streamsentinel.chaos import ChaosServer
 
@@ -188,28 +190,45 @@ def test_truncated_span(telemetry: Telemetry, client: openai.OpenAI) -> None:
     assert [e.name for e in span.events] == ["streamsentinel.truncated"]
 
 
-@pytest.mark.parametrize(("chunk_events", "expected"), [("all", CHAT_ITEMS), ("anomalies", 0), ("none", 0)])
+@pytest.mark.parametrize(("chunk_events", "expected"), [("all", 1), ("anomalies", 0), ("none", 0)])
 def test_chunk_events(telemetry: Telemetry, client: openai.OpenAI, chunk_events: str, expected: int) -> None:
     telemetry = reinstrument(chunk_events=chunk_events)
     list(open_chat(client))
-    chunk_events_seen = events_named(telemetry.only_span(), "streamsentinel.chunk")
-    assert len(chunk_events_seen) == expected
-    assert [e["streamsentinel.chunk"] for e in chunk_events_seen] == list(range(1, expected + 1))
-
-
-def test_chunk_gaps_are_the_differences_of_chunk_event_times(
-    telemetry: Telemetry, client: openai.OpenAI
-) -> None:
-    telemetry = reinstrument(chunk_events="all")
-    list(open_chat(client))
     span = telemetry.only_span()
-    events = [e for e in span.events if e.name == "streamsentinel.chunk"]
-    assert len(events) == CHAT_ITEMS
-    # One attribute each (the index): a gap is the difference of two events' timestamps.
-    assert all(dict(e.attributes or {}).keys() == {"streamsentinel.chunk"} for e in events)
+    timeline = events_named(span, "streamsentinel.chunks")
+    assert len(timeline) == expected
+    # One event for the stream, never one per chunk (the SDK keeps only 128 events a span).
+    assert [e.name for e in span.events] == ["streamsentinel.chunks"] * expected
+    if expected:
+        assert set(timeline[0]) == {"streamsentinel.chunk_offsets"}  # no content by default
+        assert len(timeline[0]["streamsentinel.chunk_offsets"]) == CHAT_ITEMS
+
+
+def test_chunk_offsets_are_the_chunk_times_of_the_record(telemetry: Telemetry, client: openai.OpenAI) -> None:
+    telemetry = reinstrument(chunk_events="all")
+    with streamsentinel.testing.capture() as records:
+        list(open_chat(client))
+    (record,) = records
+    span = telemetry.only_span()
+    (event,) = [e for e in span.events if e.name == "streamsentinel.chunks"]
+    assert event.attributes is not None
+    offsets: Any = event.attributes["streamsentinel.chunk_offsets"]
+    assert record.time_to_first_chunk is not None and len(record.chunk_gaps) == CHAT_ITEMS - 1
+    assert offsets[0] == record.time_to_first_chunk
+    assert offsets[0] == (span.attributes or {})["gen_ai.response.time_to_first_chunk"]
+    assert [b - a for a, b in itertools.pairwise(offsets)] == pytest.approx(record.chunk_gaps, abs=1e-9)
+    assert list(offsets) == sorted(offsets)
     assert span.start_time is not None and span.end_time is not None
-    times = [span.start_time, *(e.timestamp for e in events), span.end_time]
-    assert times == sorted(times)
+    # The event is stamped with the last chunk's time.
+    assert event.timestamp == span.start_time + int(offsets[-1] * 1e9) <= span.end_time
+
+
+def test_chunk_offsets_keep_every_chunk_of_a_long_stream(telemetry: Telemetry, client: openai.OpenAI) -> None:
+    telemetry = reinstrument(chunk_events="all")
+    items = list(open_chat(client, extra_headers={"x-chaos-chunks": "300"}))
+    assert len(items) == 303  # role, 300 content chunks, finish, usage
+    (event,) = events_named(telemetry.only_span(), "streamsentinel.chunks")
+    assert len(event["streamsentinel.chunk_offsets"]) == 303
 
 
 def test_no_content_on_spans_by_default(telemetry: Telemetry, client: openai.OpenAI) -> None:
@@ -238,14 +257,13 @@ def test_content_on_spans_only_with_capture_content(telemetry: Telemetry, client
     ]
 
 
-def test_chunk_event_text_is_the_chunks_own_text(telemetry: Telemetry, client: openai.OpenAI) -> None:
+def test_chunk_texts_are_each_chunks_own_text(telemetry: Telemetry, client: openai.OpenAI) -> None:
     telemetry = reinstrument(capture_content=True, chunk_events="all")
     items = list(open_chat(client))
-    chunk_events = events_named(telemetry.only_span(), "streamsentinel.chunk")
-    assert len(chunk_events) == len(items) == CHAT_ITEMS
-    for item, event in zip(items, chunk_events, strict=True):
-        own = item.choices[0].delta.content if item.choices else None
-        assert event.get("streamsentinel.text") == (own or None), (own, event)
+    (event,) = events_named(telemetry.only_span(), "streamsentinel.chunks")
+    own = [(item.choices[0].delta.content or "") if item.choices else "" for item in items]
+    assert list(event["streamsentinel.chunk_texts"]) == own
+    assert len(event["streamsentinel.chunk_offsets"]) == len(items) == CHAT_ITEMS
 
 
 # -- structlog -----------------------------------------------------------------------------------

@@ -130,8 +130,8 @@ def instrument(
         on_truncation: ``"raise"`` (default) raises :class:`StreamTruncatedError` where the SDK would
             end a truncated stream silently; ``"record"`` only records it.
         capture_content: put completion text on spans/logs (default False: never).
-        chunk_events: ``"anomalies"`` (default), ``"all"`` (a span event per chunk, up to 128) or
-            ``"none"``.
+        chunk_events: ``"anomalies"`` (default), ``"all"`` (every chunk's time, in seconds from the
+            span's start, in one ``streamsentinel.chunks`` span event) or ``"none"``.
         gap_anomaly_seconds: an inter-chunk gap at least this long (s) becomes a span event.
         max_model_labels: distinct ``model``/``server`` label values kept before ``_other``.
         retry_attempts: attempts per logical request, the first included (1: streamsentinel never

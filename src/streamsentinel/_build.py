@@ -46,7 +46,7 @@ def _version() -> str:
         return "0+unknown"
 
 
-def default_sinks(options: dict[str, Any]) -> list[Any]:
+def default_sinks(options: dict[str, Any], settings: Settings) -> list[Any]:
     """The built-in sinks for ``options`` (raises if one cannot be set up: nothing is patched then)."""
     from .instrumentation._otel_metrics import OTelMetricsSink
     from .instrumentation._otel_trace import OTelTraceSink
@@ -55,7 +55,11 @@ def default_sinks(options: dict[str, Any]) -> list[Any]:
     from .testing import CAPTURE_SINK
 
     return [
-        OTelTraceSink(options.get("tracer_provider"), version=_version()),
+        OTelTraceSink(
+            options.get("tracer_provider"),
+            version=_version(),
+            chunk_timeline=settings.chunk_events == "all",
+        ),
         prometheus_sink(options.get("registry")),
         OTelMetricsSink(options.get("meter_provider")),
         StructlogSink(debug_enabled),
@@ -84,7 +88,7 @@ def build_runtime(options: dict[str, Any]) -> Runtime:
         if policy not in POLICIES:
             raise ValueError(f"done_marker[{server!r}]={policy!r}: expected one of {', '.join(POLICIES)}")
     breaker = breaker_config(options.get("breaker"))
-    sinks = [*default_sinks(options), *options.get("sinks", ())]
+    sinks = [*default_sinks(options, settings), *options.get("sinks", ())]
     fleet = build_fleet(options, settings)
     return Runtime(
         settings,

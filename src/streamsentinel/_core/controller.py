@@ -46,7 +46,6 @@ STOP: Any = StopIteration
 __all__ = ["SKIP", "STOP", "StreamController"]
 
 _ODD = (AttributeError, TypeError, KeyError, IndexError, ValueError)
-_CHUNK_EVENTS_KEPT = 128  # the OTel SDK keeps 128 events per span by default: no more are made
 
 
 class StreamController(Endings):
@@ -54,7 +53,6 @@ class StreamController(Endings):
 
     __slots__ = (
         "_debug",
-        "_events_only",
         "_extras",
         "_preamble",
         "_read",
@@ -84,7 +82,6 @@ class StreamController(Endings):
         self._preamble = rt.preambles[stream.operation]
         self._debug = rt.debug()  # DEBUG logging on: asked once per stream, never per chunk
         self._extras = rt.chunk_extras or self._debug
-        self._events_only = rt.chunk_extras and not self._debug and not rt.settings.capture_content
         self.permit: Any = None  # (breaker name, Permit) while a breaker guards the call
         self.breaker_name: str | None = None
         self.attempt_start = start
@@ -151,18 +148,13 @@ class StreamController(Endings):
 
     def _chunk_extras(self, item: Any, now: float, gap: float) -> None:
         s = self.s
-        if self._events_only:  # chunk_events="all", no DEBUG, no content: the event alone
-            self._read(s, item, now)
-            if len(s.events) < _CHUNK_EVENTS_KEPT:
-                s.events.append(ChunkEvent(now - self.start, s.chunks, gap if gap >= 0.0 else None))
-            return
         texts, before = len(s.text), s.first_at
         self._read(s, item, now)
         rt = self.rt
         text = s.joined(s.text[texts:]) if rt.settings.capture_content else None
         first = before is None and s.first_at is not None
         event = ChunkEvent(now - self.start, s.chunks, gap if gap >= 0.0 else None, text, first)
-        if rt.settings.chunk_events == "all" and len(s.events) < _CHUNK_EVENTS_KEPT:
+        if rt.chunk_extras:  # the text of each item, for the trace sink's chunk timeline
             s.events.append(event)
         if self._debug:
             rt.emitter.event(self.stream, event, self.handles)

@@ -104,7 +104,9 @@ class Runtime:
         # A read a consumer gave up on after this long was a stall (the stall timeout, else the gap
         # that is an anomaly).
         self.stall_threshold = settings.stall_timeout or settings.gap_anomaly_seconds
-        self.chunk_extras = settings.chunk_events == "all"
+        # A ChunkEvent per item is made only to carry its text (chunk_events="all" with content);
+        # the item times themselves are the gaps every stream can keep (StreamRecord.chunk_gaps).
+        self.chunk_extras = settings.chunk_events == "all" and settings.capture_content
         self.policy = RetryPolicy(
             attempts=settings.retry_attempts,
             base_delay=settings.retry_base_delay,
