@@ -96,7 +96,7 @@ def read_chat(obs: StreamState, item: Any, now: float) -> None:
                 obs.first_at = now
         elif delta.tool_calls:
             if choice.index == 0:
-                obs.tool_args.extend(
+                obs.tool_pieces().extend(
                     c.function.arguments for c in delta.tool_calls if c.function and c.function.arguments
                 )
             if obs.first_at is None:
@@ -105,7 +105,7 @@ def read_chat(obs: StreamState, item: Any, now: float) -> None:
             obs.first_at = now
         finish_reason = choice.finish_reason
         if finish_reason is not None:
-            obs.finish_reasons[choice.index] = finish_reason
+            obs.finished(choice.index, finish_reason)
             if item.usage is not None:
                 _chat_usage(obs, item.usage)
 
@@ -128,7 +128,7 @@ def read_completion(obs: StreamState, item: Any, now: float) -> None:
             if obs.first_at is None:
                 obs.first_at = now
         if choice.finish_reason is not None:
-            obs.finish_reasons[choice.index] = choice.finish_reason
+            obs.finished(choice.index, choice.finish_reason)
 
 
 def _responses_terminal(obs: StreamState, item: Any) -> None:
@@ -146,11 +146,11 @@ def _responses_terminal(obs: StreamState, item: Any) -> None:
         if usage.input_tokens_details is not None:
             obs.cached_tokens = usage.input_tokens_details.cached_tokens
     if typ == "response.completed":
-        obs.finish_reasons[0] = "stop"
+        obs.finished(0, "stop")
     elif typ == "response.incomplete":
         details = response.incomplete_details
         reason = details.reason if details is not None else None
-        obs.finish_reasons[0] = _INCOMPLETE_REASONS.get(reason or "", "incomplete")
+        obs.finished(0, _INCOMPLETE_REASONS.get(reason or "", "incomplete"))
     else:  # response.failed
         error = response.error
         obs.in_stream_error = (error.code, error.message) if error is not None else (None, "response.failed")
@@ -166,7 +166,7 @@ def read_responses(obs: StreamState, item: Any, now: float) -> None:
             obs.first_at = now
     elif typ in _RESPONSES_OUTPUT_DELTAS:
         if typ == "response.function_call_arguments.delta":
-            obs.tool_args.append(item.delta)
+            obs.tool_pieces().append(item.delta)
         if obs.first_at is None:
             obs.first_at = now
     elif typ in RESPONSES_TERMINAL:

@@ -82,7 +82,7 @@ class StreamController(Endings):
         self._preamble = rt.preambles[stream.operation]
         self._debug = rt.debug()  # DEBUG logging on: asked once per stream, never per chunk
         self._extras = rt.chunk_extras or self._debug
-        self.permit: Any = None  # (breaker name, Permit) while a breaker guards the call
+        self.permit: Any = None  # the Permit of breaker ``breaker_name`` while it guards the call
         self.breaker_name: str | None = None
         self.attempt_start = start
         self.ended = False
@@ -264,9 +264,9 @@ class StreamController(Endings):
     # -- the one ending --------------------------------------------------------------------------
 
     def _give_back(self, result: Any, duration: float = 0.0) -> None:
-        if self.permit is None:
+        permit, name = self.permit, self.breaker_name
+        if permit is None or name is None:
             return
-        name, permit = self.permit
         self.permit = None
         s = self.s
         ttft = None if s.first_at is None else s.first_at - self.start

@@ -239,7 +239,7 @@ class Runtime:
         ctl.breaker_name = name
         self.circuits.first_use(name)
         if permit is not None:
-            ctl.permit = (name, permit)
+            ctl.permit = permit
             return None
         error = CircuitOpenError(
             breaker=name,

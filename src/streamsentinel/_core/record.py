@@ -72,7 +72,7 @@ def build_record(
             payload_chunks=s.payload_chunks,
             max_gap=s.max_gap,
             chunk_gaps=tuple(s.gaps) if s.gaps else (),
-            finish_reasons=finish_reasons(s.finish_reasons, error_type is not None),
+            finish_reasons=finish_reasons(s.finish_reasons or {}, error_type is not None),
             done_seen=wire.done if wire is not None and ctl.stream.operation != "responses" else None,
             # The SDK does not validate: a field of another type is left out (None).
             input_tokens=None if s.input_tokens is None else _int(s.input_tokens),

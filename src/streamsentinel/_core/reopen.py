@@ -182,7 +182,7 @@ class Reopening(Attempts):
             assert retrieve is not None and s.response_id is not None and s.last_seq is not None
             response_id, last_seq = s.response_id, s.last_seq
             return lambda: retrieve(response_id, last_seq)
-        delivered = (self.s.joined(self.s.text), self.s.joined(self.s.tool_args))
+        delivered = (self.s.joined(self.s.text), self.s.joined(self.s.tool_args or []))
         self._skipper = ReplaySkipper(self.stream.operation, delivered)
         return self._reissue()
 

@@ -85,7 +85,8 @@ class StreamState:
         self.read_at = 0.0  # when the consumer's pending read began (0: not reading)
         self.terminal: str | None = None
         self.in_stream_error: tuple[str | None, str] | None = None
-        self.finish_reasons: dict[int, str] = {}
+        # Made by the first finish reason: most of an open stream's life has none.
+        self.finish_reasons: dict[int, str] | None = None
 
     def new_attempt(self, *, keep_gaps: bool) -> None:
         """A retry: nothing the previous attempt read reached the consumer."""
@@ -99,7 +100,7 @@ class StreamState:
         self.max_gap = 0.0
         self.gaps: list[float] | None = [] if keep_gaps else None
         self.text: list[Any] = []  # choice 0's text pieces, as delivered (joined at the end)
-        self.tool_args: list[Any] = []  # choice 0's tool-call argument pieces
+        self.tool_args: list[Any] | None = None  # choice 0's tool-call argument pieces (made by the first)
         self.last_seq: int | None = None  # Responses: sequence_number of the last event
         self.response_id: str | None = None
         self.response_model: str | None = None
@@ -107,6 +108,20 @@ class StreamState:
         self.output_tokens: int | None = None
         self.reasoning_tokens: int | None = None
         self.cached_tokens: int | None = None
+
+    def finished(self, index: int, reason: Any) -> None:
+        """Choice ``index`` reported its finish ``reason``."""
+        reasons = self.finish_reasons
+        if reasons is None:
+            reasons = self.finish_reasons = {}
+        reasons[index] = reason
+
+    def tool_pieces(self) -> list[Any]:
+        """Choice 0's tool-call argument pieces, to append to."""
+        pieces = self.tool_args
+        if pieces is None:
+            pieces = self.tool_args = []
+        return pieces
 
     @property
     def payload_chunks(self) -> int:
@@ -140,7 +155,7 @@ class StreamState:
     def all_finished(self, choices: int) -> bool:
         """Every one of ``choices`` choices reported its finish reason."""
         reasons = self.finish_reasons
-        return bool(reasons) and all(i in reasons for i in range(choices))
+        return reasons is not None and bool(reasons) and all(i in reasons for i in range(choices))
 
     def in_stream_failure(self) -> Failure | None:
         """The failure of an error event the SDK yielded as an item, if one came."""

@@ -124,11 +124,12 @@ def _sync_drive(ctl: StreamController, stream: Any, proxy: _ProxyRef) -> Iterato
 
 
 class _AsyncDriver:
-    __slots__ = ("ctl", "next_item", "proxy")
+    # The stream, not its bound __anext__: an open stream keeps one object fewer.
+    __slots__ = ("ctl", "proxy", "stream")
 
     def __init__(self, ctl: StreamController, stream: Any, proxy: Any) -> None:
         self.ctl = ctl
-        self.next_item = stream.__anext__
+        self.stream = stream
         self.proxy = weakref.ref(proxy)
 
     async def __anext__(self) -> Any:
@@ -139,7 +140,7 @@ class _AsyncDriver:
         while ctl.final is None:
             s.read_at = perf_counter()  # a read is pending (the watchdog, and a consumer giving up)
             try:
-                item = await self.next_item()
+                item = await self.stream.__anext__()
             except StopAsyncIteration:
                 s.read_at = 0.0
                 delay = ctl.on_eof()
@@ -170,7 +171,7 @@ class _AsyncDriver:
                     continue
                 finally:
                     ctl.exit(tokens)
-                self.next_item = _switch(ctl, self.proxy, stream).__anext__
+                self.stream = _switch(ctl, self.proxy, stream)
         return _hand_out(ctl, StopAsyncIteration)
 
 
@@ -231,13 +232,13 @@ class ObservedAsyncStream(ObservedBase):
 
     def __init__(self, wrapped: Any, ctl: StreamController) -> None:
         super().__init__(wrapped, ctl)
-        _READS[id(self)] = _AsyncDriver(ctl, wrapped, self).__anext__
+        _READS[id(self)] = _AsyncDriver(ctl, wrapped, self)
 
     def __aiter__(self) -> ObservedAsyncStream:
         return self  # see ObservedStream.__iter__
 
     def __anext__(self) -> Awaitable[Any]:
-        return _READS[id(self)]()  # type: ignore[no-any-return]
+        return _READS[id(self)].__anext__()  # type: ignore[no-any-return]
 
     async def __aenter__(self) -> ObservedAsyncStream:
         return self

@@ -112,17 +112,17 @@ class _Reads:
 class _AsyncReads:
     """:class:`_Reads` for an async body."""
 
-    __slots__ = ("_decoder", "_next")
+    __slots__ = ("_decoder", "_iterator")
 
     def __init__(self, decoder: ObservedSSEDecoder, iterator: AsyncIterator[bytes]) -> None:
         self._decoder = decoder
-        self._next = iterator.__aiter__().__anext__
+        self._iterator = iterator.__aiter__()  # not its bound __anext__: one object fewer
 
     def __aiter__(self) -> _AsyncReads:
         return self
 
     async def __anext__(self) -> bytes:
-        chunk = await self._next()
+        chunk = await self._iterator.__anext__()
         if chunk:
             self._decoder._last_read = chunk
         return chunk
