@@ -16,6 +16,7 @@ from openai.types.chat import ChatCompletionChunk
 
 import streamsentinel
 from streamsentinel import StreamTruncatedError
+from streamsentinel._sdk import compat
 from streamsentinel._sdk.sse import ObservedSSEDecoder
 from streamsentinel.chaos import ChaosServer, Fault, FaultPlan, FaultSpec
 
@@ -95,6 +96,41 @@ def test_stream_stores_the_clients_decoder(chaos: ChaosServer, pristine: None) -
         assert type(stream) is openai.Stream
         assert type(vars(stream)["_decoder"]) is SSEDecoder
         assert len(list(stream)) == CHAT_ITEMS
+
+
+def test_stream_items_come_from_its_iterator(chaos: ChaosServer, pristine: None) -> None:
+    # The drivers read Stream._iterator, which Stream.__next__ only delegates to.
+    with openai.OpenAI(base_url=chaos.base_url, api_key="k", max_retries=0, timeout=TIMEOUT) as client:
+        stream = client.chat.completions.create(**chat_kwargs())
+        assert compat.items_of(stream) is vars(stream)["_iterator"]
+        first = next(stream)
+        stream._iterator = iter(["x", "y"])
+        assert (next(stream), next(stream)) == ("x", "y")
+        assert type(first).__name__ == "ChatCompletionChunk"
+        stream.close()
+
+    class Own(openai.Stream):  # type: ignore[type-arg]
+        def __next__(self) -> Any:
+            return "own"
+
+    own = Own.__new__(Own)
+    assert compat.items_of(own) is own
+
+
+async def test_async_stream_items_come_from_its_iterator(chaos: ChaosServer, pristine: None) -> None:
+    async with openai.AsyncOpenAI(
+        base_url=chaos.base_url, api_key="k", max_retries=0, timeout=TIMEOUT
+    ) as client:
+        stream = await client.chat.completions.create(**chat_kwargs())
+        assert compat.items_of(stream) is vars(stream)["_iterator"]
+
+        async def two() -> Any:
+            yield "x"
+            yield "y"
+
+        stream._iterator = two()
+        assert (await stream.__anext__(), await stream.__anext__()) == ("x", "y")
+        await stream.close()
 
 
 def test_sse_decoder_internals_observed_by_the_subclass() -> None:

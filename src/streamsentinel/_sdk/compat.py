@@ -124,6 +124,22 @@ def header(headers: Any, lower_name: bytes) -> str | None:
     return None
 
 
+_STREAM_NEXT = openai.Stream.__next__
+_ASYNC_STREAM_ANEXT = openai.AsyncStream.__anext__
+
+
+def items_of(stream: Any) -> Any:
+    """What to read ``stream``'s items from: its item generator (``Stream._iterator``), which the
+    SDK's ``__next__``/``__anext__`` only delegate to (a Python frame per item saved, and an
+    open async stream keeps one coroutine fewer); the stream itself when its class overrides them
+    or the generator is missing."""
+    cls = type(stream)
+    sdk_next = getattr(cls, "__next__", None) is _STREAM_NEXT
+    if sdk_next or getattr(cls, "__anext__", None) is _ASYNC_STREAM_ANEXT:
+        return getattr(stream, "_iterator", stream)
+    return stream
+
+
 def decoder_of(stream: Any) -> Any:
     """The stream's SSE decoder (``Stream._decoder``)."""
     return getattr(stream, "_decoder", None)

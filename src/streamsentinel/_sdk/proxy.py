@@ -2,7 +2,8 @@
 
 ``ObservedStream`` / ``ObservedAsyncStream`` are ``wrapt.ObjectProxy`` subclasses, so the consumer
 keeps ``isinstance(stream, openai.Stream)``, ``stream.response`` and every other attribute. Each
-read goes: proxy -> driver -> the SDK's ``__next__`` -> ``controller.on_item`` (where a chunk is
+read goes: proxy -> driver -> the SDK's item generator (``compat.items_of``) ->
+``controller.on_item`` (where a chunk is
 observed). The drivers decide nothing: they read, sleep and reopen when the controller says so,
 and hand out ``controller.out`` then ``controller.final``. The sync driver is a generator (its
 locals stay in place between items); the async one is a class with an ``async def __anext__``,
@@ -73,7 +74,7 @@ class _ProxyRef:
 def _sync_drive(ctl: StreamController, stream: Any, proxy: _ProxyRef) -> Iterator[Any]:
     """The sync driver: a generator, so each item resumes it with its locals in place (no frame
     to build per item). Nothing to finalize: a generator dropped at a ``yield`` holds no lock."""
-    next_item = stream.__next__
+    next_item = compat.items_of(stream).__next__
     out = ctl.out  # the controller's queue (mutated, never replaced)
     on_item = ctl.on_item
     s = ctl.s
@@ -120,16 +121,16 @@ def _sync_drive(ctl: StreamController, stream: Any, proxy: _ProxyRef) -> Iterato
                 continue
             finally:
                 ctl.exit(tokens)
-            next_item = _switch(ctl, proxy.ref, opened).__next__
+            next_item = compat.items_of(_switch(ctl, proxy.ref, opened)).__next__
 
 
 class _AsyncDriver:
-    # The stream, not its bound __anext__: an open stream keeps one object fewer.
-    __slots__ = ("ctl", "proxy", "stream")
+    # The items' source, not its bound __anext__: an open stream keeps one object fewer.
+    __slots__ = ("ctl", "items", "proxy")
 
     def __init__(self, ctl: StreamController, stream: Any, proxy: Any) -> None:
         self.ctl = ctl
-        self.stream = stream
+        self.items = compat.items_of(stream)
         self.proxy = weakref.ref(proxy)
 
     async def __anext__(self) -> Any:
@@ -140,7 +141,7 @@ class _AsyncDriver:
         while ctl.final is None:
             s.read_at = perf_counter()  # a read is pending (the watchdog, and a consumer giving up)
             try:
-                item = await self.stream.__anext__()
+                item = await self.items.__anext__()
             except StopAsyncIteration:
                 s.read_at = 0.0
                 delay = ctl.on_eof()
@@ -171,7 +172,7 @@ class _AsyncDriver:
                     continue
                 finally:
                     ctl.exit(tokens)
-                self.stream = _switch(ctl, self.proxy, stream)
+                self.items = compat.items_of(_switch(ctl, self.proxy, stream))
         return _hand_out(ctl, StopAsyncIteration)
 
 
