@@ -81,7 +81,8 @@ class StreamController(Endings):
         self._read = rt.readers[stream.operation]
         self._preamble = rt.preambles[stream.operation]
         self._debug = rt.debug()  # DEBUG logging on: asked once per stream, never per chunk
-        self._extras = rt.chunk_extras or self._debug
+        # Per item beyond the reader: the gaps, a ChunkEvent (content, DEBUG). One flag, one test.
+        self._extras = rt.chunk_extras or self._debug or self.s.gaps is not None
         self.permit: Any = None  # the Permit of breaker ``breaker_name`` while it guards the call
         self.breaker_name: str | None = None
         self.attempt_start = start
@@ -132,8 +133,6 @@ class StreamController(Endings):
                     s.events.append(GapEvent(now - self.start, gap))
             elif gap < 0.0:  # the first item (last_at starts at +inf)
                 s.first_item_at = now
-            if s.gaps is not None and gap >= 0.0:
-                s.gaps.append(gap)
             if self._extras:
                 self._chunk_extras(item, now, gap)
             else:
@@ -148,6 +147,11 @@ class StreamController(Endings):
 
     def _chunk_extras(self, item: Any, now: float, gap: float) -> None:
         s = self.s
+        if s.gaps is not None and gap >= 0.0:
+            s.gaps.append(gap)
+        if not self._debug and not self.rt.chunk_extras:
+            self._read(s, item, now)
+            return
         texts, before = len(s.text), s.first_at
         self._read(s, item, now)
         rt = self.rt

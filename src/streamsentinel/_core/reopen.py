@@ -172,7 +172,7 @@ class Reopening(Attempts):
         rt.watchdog.unwatch(self)
         self.attempt += 1
         if self._pending == "retry":
-            self.s.new_attempt(keep_gaps=rt.emitter.wants_chunk_gaps)
+            self.s.new_attempt(keep_gaps=self.s.gaps is not None)  # asked once per stream
             self.holding = rt.policy.attempts > 1
             self.held.clear()
             return self._reissue()
