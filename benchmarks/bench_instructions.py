@@ -11,7 +11,7 @@ Each variant runs in ``--repeats`` (3) processes under ``valgrind --tool=callgri
 measures three phases on the bare SDK, then instruments and measures them again:
 
 - A: N1 streams of 5 chunks, B: N2 streams of 5 chunks, C: N1 streams of 125 chunks
-  (N1 = 3, N2 = 15; 125 chunks stay under ``chunk_events="all"``'s 128 events per span);
+  (N1 = 3, N2 = 15);
 - instructions per 5-chunk stream = (I(B) - I(A)) / (N2 - N1);
 - instructions per chunk = (I(C) - I(A)) / 120 / N1;
 - added % = instrumented / bare - 1, both from the same process.
