@@ -3,11 +3,11 @@
 ``ObservedStream`` / ``ObservedAsyncStream`` are ``wrapt.ObjectProxy`` subclasses, so the consumer
 keeps ``isinstance(stream, openai.Stream)``, ``stream.response`` and every other attribute. Each
 read goes: proxy -> driver -> the SDK's item generator (``compat.items_of``) ->
-``controller.on_item`` (where a chunk is
-observed). The drivers decide nothing: they read, sleep and reopen when the controller says so,
-and hand out ``controller.out`` then ``controller.final``. The sync driver is a generator (its
-locals stay in place between items); the async one is a class with an ``async def __anext__``,
-not an async generator: nothing for the event loop to finalize.
+``controller.on_item`` (where a chunk is observed). The drivers decide nothing: they read, sleep
+and reopen when the controller says so, and hand out ``controller.out`` then ``controller.final``.
+The sync driver is a generator (its locals stay in place between items); the async one is a
+class with an ``async def __anext__``, not an async generator: nothing for the event loop to
+finalize.
 
 Like the SDK's ``Stream.__iter__``, ``__iter__`` returns the stream itself, so breaking out of a
 ``for`` loop and iterating again resumes where it stopped.

@@ -233,7 +233,8 @@ class StreamRecord(NamedTuple):
             that carried the response.
         max_gap: the longest gap between two consecutive items, seconds (0.0 below two items).
         chunk_gaps: every gap between consecutive items, seconds, in order (empty unless a sink
-            asked for them: ``Sink.wants_chunk_gaps``).
+            asked for them: ``Sink.wants_chunk_gaps``; the trace sink does with
+            ``chunk_events="all"``, the OTel metrics sink with a meter provider).
         finish_reasons: one per choice index, in order; a position whose finish reason never came
             on a stream that failed is ``error`` (semconv rule for ``gen_ai.response.finish_reasons``).
         done_seen: whether ``data: [DONE]`` arrived (None: unknown, the decoder hook is absent; and
@@ -289,7 +290,8 @@ class StreamRecord(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class ChunkEvent:
-    """One item delivered (only with ``chunk_events="all"`` or DEBUG logging): its 1-based
+    """One item delivered (to sinks live with DEBUG logging; in ``StreamRecord.events`` only with
+    ``chunk_events="all"`` and ``capture_content``, to carry each item's text): its 1-based
     ``index``, the gap since the previous item (None for the first), whether it carried the first
     output (``first_token``) and, with ``capture_content``, the text it carried."""
 
