@@ -57,7 +57,13 @@ sys.path.insert(0, str(HERE))
 
 from instr_worker import VARIANTS, clean_env  # noqa: E402
 
-DEFAULT_VARIANTS = ("bare", "streamsentinel", "streamsentinel-untraced", "streamsentinel-chunk-events-all")
+DEFAULT_VARIANTS = (
+    "bare",
+    "streamsentinel",
+    "streamsentinel-untraced",
+    "streamsentinel-chunk-events-all",
+    "streamsentinel-many-models",
+)
 VALGRIND = os.environ.get("VALGRIND", "valgrind")
 HELPER_C = """\
 #include <valgrind/callgrind.h>

@@ -9,6 +9,8 @@ process: ``openai.AsyncOpenAI`` on ``DefaultAsyncHttpx2Client``, a warm-up of 50
 and wait in ``async for`` for the next. With every stream held, the traced memory (after
 ``gc.collect()``) less the memory before, over N, is the cost of one open stream: the task, the
 socket, httpx2's connection and response, the SDK's stream, and the instrumentation's state.
+``streamsentinel-many-models`` gives every stream another model name, after 300 new names (past
+``max_model_labels``): retained memory per open stream must not grow with distinct models.
 
     python benchmarks/bench_memory.py [--variants bare,streamsentinel,...] [--streams 1000] [--json]
 
@@ -34,9 +36,23 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from instr_worker import HEADERS, VARIANTS, Setup, clean_env, sse_events  # noqa: E402
+from instr_worker import (  # noqa: E402
+    HEADERS,
+    MANY_MODELS_SEEN,
+    VARIANTS,
+    Models,
+    Setup,
+    clean_env,
+    sse_events,
+)
 
-DEFAULT_VARIANTS = ("bare", "streamsentinel", "streamsentinel-untraced", "streamsentinel-chunk-events-all")
+DEFAULT_VARIANTS = (
+    "bare",
+    "streamsentinel",
+    "streamsentinel-untraced",
+    "streamsentinel-chunk-events-all",
+    "streamsentinel-many-models",
+)
 FIRST_ITEMS = 2  # the role chunk and one content chunk; the stream then waits for the third
 WARMUP = 50
 BATCH = 100
@@ -98,6 +114,7 @@ async def _measure(variant: str, port: int, streams: int) -> dict[str, Any]:
         ),
     )
     messages: Any = [{"role": "user", "content": "hi"}]
+    models = Models(variant == "streamsentinel-many-models")  # each held stream another model
 
     async def hold(count: int) -> None:
         ready = 0
@@ -105,7 +122,7 @@ async def _measure(variant: str, port: int, streams: int) -> dict[str, Any]:
 
         async def one() -> None:
             nonlocal ready
-            stream = await client.chat.completions.create(model="gpt-4o-mini", messages=messages, stream=True)
+            stream = await client.chat.completions.create(model=models.next(), messages=messages, stream=True)
             try:
                 got = 0
                 async for _ in stream:
@@ -141,6 +158,9 @@ async def _measure(variant: str, port: int, streams: int) -> dict[str, Any]:
 
     await hold(WARMUP)
     await release()
+    while models.many and models.count < MANY_MODELS_SEEN:  # past max_model_labels first
+        await hold(BATCH)
+        await release()
     await asyncio.sleep(0.1)
     setup.exporter.clear()
     gc.collect()

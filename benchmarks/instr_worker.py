@@ -45,6 +45,10 @@ VARIANTS: dict[str, str] = {
     "streamsentinel": "streamsentinel.instrument(tracer_provider=<OTel SDK>), other options default",
     "streamsentinel-untraced": "streamsentinel.instrument(): no tracer provider (OTel's global no-op)",
     "streamsentinel-chunk-events-all": "streamsentinel.instrument(tracer_provider=..., chunk_events='all')",
+    "streamsentinel-many-models": (
+        "as streamsentinel, every stream another model name (past max_model_labels, 100, they share"
+        " the _other label)"
+    ),
     # The peers: OpenAIInstrumentor().instrument(tracer_provider=...) of each package.
     "openai-v2": "opentelemetry-instrumentation-openai-v2",
     "genai-openai": "opentelemetry-instrumentation-genai-openai",
@@ -60,6 +64,23 @@ PEER_MODULES = {
 }
 
 WARMUP_STREAMS = 5
+MANY_MODELS_SEEN = 300  # the many-models variant's warm-up: new model names before measuring
+
+
+class Models:
+    """The model name of each stream: always ``gpt-4o-mini``, or with ``many`` a new name each
+    time (the bare SDK gets the same names as the instrumented one)."""
+
+    def __init__(self, many: bool) -> None:
+        self.many = many
+        self.count = 0
+
+    def next(self) -> str:
+        if not self.many:
+            return "gpt-4o-mini"
+        self.count += 1
+        return f"model-{self.count}"
+
 
 HEADERS = {
     "content-type": "text/event-stream",
@@ -154,6 +175,7 @@ _INSTRUMENT: dict[str, Callable[[Setup], None]] = {
     "streamsentinel": _streamsentinel(tracer_provider=None),
     "streamsentinel-untraced": _streamsentinel(),
     "streamsentinel-chunk-events-all": _streamsentinel(tracer_provider=None, chunk_events="all"),
+    "streamsentinel-many-models": _streamsentinel(tracer_provider=None),
     **{variant: _peer(variant) for variant in PEER_MODULES},
 }
 
@@ -203,11 +225,12 @@ def main() -> None:
         )
 
     messages: Any = [{"role": "user", "content": "hi"}]
+    models = Models(variant == "streamsentinel-many-models")
     items: dict[int, set[int]] = {chunks: set() for chunks in bodies}
     helper = None if check else callgrind_helper()
 
     def run(client: openai.OpenAI, chunks: int) -> None:
-        stream = client.chat.completions.create(model="gpt-4o-mini", messages=messages, stream=True)
+        stream = client.chat.completions.create(model=models.next(), messages=messages, stream=True)
         n = 0
         for _ in stream:
             n += 1
@@ -219,6 +242,11 @@ def main() -> None:
             current[0] = body
             for _ in range(WARMUP_STREAMS):
                 run(client, chunks)
+        # Many models: the steady state, past max_model_labels distinct names (in each half).
+        seen, chunks = models.count + MANY_MODELS_SEEN, next(iter(bodies))
+        current[0] = bodies[chunks]
+        while models.many and models.count < seen:
+            run(client, chunks)
         # Long-lived objects (modules, the warm-up's caches) out of the collector's way, so a
         # collection costs the same whatever the variant imported.
         gc.collect()
