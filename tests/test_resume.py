@@ -75,6 +75,34 @@ def expected(server: ChaosServer, api: str) -> str:
     return server.expected_text(CHAT if api == "chat" else RESPONSES)
 
 
+def _normalised(value: Any) -> Any:
+    # Ids derive from a request's arrival order on its server, timestamps from the wall clock: a
+    # replay's items differ from the first attempt's only there.
+    if isinstance(value, dict):
+        return {
+            k: 0 if k in ("id", "item_id", "created", "created_at", "completed_at") else _normalised(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_normalised(v) for v in value]
+    return value
+
+
+def sequence(items: list[Any]) -> list[Any]:
+    """The items as the consumer saw them, in order, ids and timestamps aside."""
+    return [_normalised(item.model_dump()) for item in items]
+
+
+async def consume_in(mode: str, server: ChaosServer, api: str) -> list[Any]:
+    if mode == "sync":
+        return consume(server, api)
+    async with openai.AsyncOpenAI(base_url=server.base_url, api_key="k", max_retries=0, timeout=TIMEOUT) as c:
+        create: Any = c.chat.completions.create if api == "chat" else c.responses.create
+        stream = await create(model="m", stream=True, **(CHAT if api == "chat" else RESPONSES))
+        async with stream:
+            return [item async for item in stream]
+
+
 @pytest.mark.parametrize("seed", range(40))
 def test_replay_delivers_every_character_exactly_once(seed: int) -> None:
     rng = random.Random(seed)
@@ -179,3 +207,37 @@ def test_responses_strategy_does_not_apply_to_chat() -> None:
     with ChaosServer(plan, chunks=CHUNKS) as server, pytest.raises(openai.APIConnectionError):
         consume(server, "chat", timeout=STALL_TIMEOUT)
     assert server.arrivals == 1
+
+
+# Cuts after output ended: chat's event 10 is the finish chunk (then [DONE]); Responses' event 13 is
+# response.output_text.done (the whole text), 14 content_part.done, 15 output_item.done (then
+# response.completed). Several cuts: the replays skip what every earlier attempt delivered.
+LATE_CUTS = [
+    ("chat", [(Fault.RESET, 10)]),
+    ("chat", [(Fault.EOF_CHUNKED, 10)]),
+    ("chat", [(Fault.RESET, 5), (Fault.RESET, 10)]),
+    ("responses", [(Fault.RESET, 13)]),
+    ("responses", [(Fault.EOF_CLOSE, 14)]),
+    ("responses", [(Fault.RESET, 15)]),
+    ("responses", [(Fault.RESET, 7), (Fault.RESET, 13)]),
+]
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize(("api", "cuts"), LATE_CUTS, ids=[f"{a}-{c}" for a, c in LATE_CUTS])
+async def test_replay_delivers_the_uncut_item_sequence(mode: str, api: str, cuts: list[Any]) -> None:
+    """Issue 15, defect 2: a replay skips by position every item already delivered, the items
+    without text after the output (finish chunk, output_text.done, ...) included."""
+    streamsentinel.uninstrument()
+    with ChaosServer(chunks=CHUNKS) as server:
+        uncut = sequence(await consume_in(mode, server, api))
+    telemetry = fast(resume="replay")
+    plan = FaultPlan(script=[FaultSpec(fault=fault, after=after) for fault, after in cuts])
+    with ChaosServer(plan, chunks=CHUNKS) as server:
+        items = await consume_in(mode, server, api)
+        assert server.arrivals == len(cuts) + 1
+    assert sequence(items) == uncut
+    assert telemetry.by("openai_stream_resumes_total", "result") == {"resumed": len(cuts)}
+    assert telemetry.by("openai_stream_requests_total", "outcome") == {"completed": 1}
+    assert telemetry.value("openai_stream_chunks_total") == len(uncut)
+

@@ -102,22 +102,19 @@ class Reopening(Attempts):
         raise NotImplementedError
 
     def _replayed(self, item: Any) -> Any:
+        """A replay's item: ``SKIP`` while it repeats what was delivered, else the item."""
         skipper = self._skipper
         assert skipper is not None
         try:
-            kept = skipper.feed(item)
+            skipper.feed(item)
         except Diverged as diverged:
             raise self._divergence(diverged) from None
-        except Exception as exc:  # an item the skipper cannot compare: stop skipping
+        except Exception as exc:  # an item the skipper cannot compare: skipped, unchecked
             self.rt.errors("resume", exc)
-            self._skipper = None
-            return item
-        if kept is None:
-            return SKIP
         if skipper.done:
             self._resumed("resumed")
             self._skipper = None
-        return kept
+        return SKIP
 
     def _plan(self, failure: Failure) -> float | None:
         """A delay when the policy and the budget allow opening the stream again."""
@@ -171,6 +168,7 @@ class Reopening(Attempts):
                 pass
         rt.watchdog.unwatch(self)
         self.attempt += 1
+        self._skipper = None
         if self._pending == "retry":
             self.s.new_attempt(keep_gaps=self.s.gaps is not None)  # asked once per stream
             self.holding = rt.policy.attempts > 1
@@ -182,8 +180,11 @@ class Reopening(Attempts):
             assert retrieve is not None and s.response_id is not None and s.last_seq is not None
             response_id, last_seq = s.response_id, s.last_seq
             return lambda: retrieve(response_id, last_seq)
-        delivered = (self.s.joined(self.s.text), self.s.joined(self.s.tool_args or []))
-        self._skipper = ReplaySkipper(self.stream.operation, delivered)
+        # Every item counted so far reached the consumer (a replay's skipped ones are not counted).
+        s = self.s
+        if s.chunks:
+            delivered = (s.joined(s.text), s.joined(s.tool_args or []))
+            self._skipper = ReplaySkipper(self.stream.operation, delivered, s.chunks)
         return self._reissue()
 
     def _reissue(self) -> Callable[[], Any]:

@@ -1,11 +1,12 @@
 """Resuming a stream after output has reached the consumer (opt-in ``resume=``).
 
-- ``replay``: re-issue the same request and read the new stream from the start; its output must
-  begin with exactly what was already delivered (choice 0's text, then separately its tool-call
-  arguments). Items wholly inside the delivered output are skipped, the item that crosses the
-  boundary is cut to its new part, and the rest flows on: the consumer sees every character exactly
-  once. A difference raises :class:`~streamsentinel.errors.StreamDivergedError`. Useful with
-  deterministic backends (``temperature=0`` with a ``seed``, caches, replaying proxies).
+- ``replay``: re-issue the same request and read the new stream from the start. The server sends
+  the same items again, so the replay's first N items, N the items already delivered (across every
+  earlier attempt), are skipped by position, and every later one flows on: the consumer sees each
+  item exactly once, those without text included (finish reasons, ``*.done`` events). The skipped
+  items must carry exactly the output delivered (choice 0's text, and separately its tool-call
+  arguments); any difference raises :class:`~streamsentinel.errors.StreamDivergedError`. Useful
+  with deterministic backends (``temperature=0`` with a ``seed``, caches, replaying proxies).
 - ``responses``: a Responses API stream created with ``background=True`` is continued with
   ``responses.retrieve(id, stream=True, starting_after=<last sequence_number>)`` (OpenAI keeps such
   responses for about five minutes); the server sends only what came after.
@@ -50,27 +51,6 @@ def output_piece(operation: str, item: Any) -> tuple[int, str] | None:
     return None
 
 
-def _cut(operation: str, item: Any, channel: int, keep_from: int) -> Any:
-    """A copy of ``item`` whose piece in ``channel`` starts at ``keep_from``."""
-    copy = item.model_copy(deep=True)
-    if operation == "responses":
-        copy.delta = copy.delta[keep_from:]
-        return copy
-    for choice in copy.choices:
-        if choice.index != 0:
-            continue
-        if operation == "text_completion":
-            choice.text = choice.text[keep_from:]
-        elif channel == TEXT:
-            choice.delta.content = choice.delta.content[keep_from:]
-        else:  # one tool call per chunk in practice; cut the first that carries arguments
-            for call in choice.delta.tool_calls:
-                if call.function and call.function.arguments:
-                    call.function.arguments = call.function.arguments[keep_from:]
-                    break
-    return copy
-
-
 class Diverged(Exception):
     """The replay's output differs from what was delivered (carries both, for the public error)."""
 
@@ -81,43 +61,45 @@ class Diverged(Exception):
 
 
 class ReplaySkipper:
-    """Skips a replayed stream's items up to the output already delivered.
+    """Skips a replayed stream's first ``count`` items (those already delivered), checking that they
+    carry exactly the ``delivered`` output.
 
-    ``feed(item)`` returns the item to deliver (possibly cut), or None to skip it; raises
-    :class:`Diverged` on the first difference. ``done`` once every channel passed its delivered end.
+    ``feed(item)`` is called for each of them; it raises :class:`Diverged` on the first difference
+    (or, at the last one, when the replay's output is longer or shorter than what was delivered).
+    ``done`` once ``count`` items were fed: the next items are new.
     """
 
-    def __init__(self, operation: str, delivered: tuple[str, str]) -> None:
+    def __init__(self, operation: str, delivered: tuple[str, str], count: int) -> None:
         self.operation = operation
         self.delivered = delivered
         self.positions = [0, 0]
+        self.left = count
 
     @property
     def done(self) -> bool:
-        return all(p >= len(d) for p, d in zip(self.positions, self.delivered, strict=True))
+        return self.left <= 0
 
-    def feed(self, item: Any) -> Any | None:
+    def feed(self, item: Any) -> None:
+        self.left -= 1
         found = output_piece(self.operation, item)
-        if found is None:
-            # No output: before the replay catches up it repeats what was delivered (role chunk,
-            # response.created); after, it is new (finish reason, usage, done events).
-            return item if self.done else None
-        channel, piece = found
-        delivered = self.delivered[channel]
-        pos = self.positions[channel]
-        if pos >= len(delivered):
-            return item
-        overlap = delivered[pos : pos + len(piece)]
-        if not piece.startswith(overlap):
-            raise Diverged(delivered, delivered[:pos] + piece)
-        self.positions[channel] = pos + len(piece)
-        if pos + len(piece) <= len(delivered):
-            return None
-        return _cut(self.operation, item, channel, len(delivered) - pos)
+        if found is not None:
+            channel, piece = found
+            delivered = self.delivered[channel]
+            pos = self.positions[channel]
+            if delivered[pos : pos + len(piece)] != piece:
+                raise Diverged(delivered, delivered[:pos] + piece)
+            self.positions[channel] = pos + len(piece)
+        if self.left <= 0:
+            short = self.unfinished()
+            if short is not None:
+                raise short
 
     def unfinished(self) -> Diverged | None:
-        """At the replay's end: a replay shorter than what was delivered also diverged."""
+        """At the replay's end (or its last skipped item): the divergence of a replay that gave back
+        less than was delivered (less output, or fewer items), else None."""
         for channel, delivered in enumerate(self.delivered):
             if self.positions[channel] < len(delivered):
                 return Diverged(delivered, delivered[: self.positions[channel]])
+        if self.left > 0:
+            return Diverged(self.delivered[TEXT], self.delivered[TEXT])
         return None
