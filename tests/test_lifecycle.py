@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
+from dataclasses import dataclass
 from typing import Any
 
+import httpx2
 import openai
 import pytest
 from openai.resources.chat.completions.completions import AsyncCompletions, Completions
@@ -18,11 +21,16 @@ from opentelemetry.sdk.trace import ReadableSpan
 
 import streamsentinel
 from streamsentinel import StreamTruncatedError
-from streamsentinel.chaos import ChaosServer
+from streamsentinel._resilience.retry import RetryPolicy
+from streamsentinel.chaos import ChaosServer, Fault, FaultPlan, FaultSpec
+from streamsentinel.instrumentation import ResumeEvent, RetryEvent
+from streamsentinel.testing import RecordingSink, capture
 
+from .defect_servers import DONE, Gate, ScriptedServer, chat_chunk, sse
 from .support import (
     MODEL,
     OBSERVE_ONLY,
+    TIMEOUT,
     Telemetry,
     chat_kwargs,
     chat_text,
@@ -725,3 +733,330 @@ def test_app_span_closed_before_consumption_is_still_the_parent(
         stream = open_chat(client)
     list(stream)
     _check_parent(telemetry, app)
+
+
+# -- closing while streamsentinel waits to open the stream again ------------------------------------
+
+WAIT = 10.0  # the backoff before the reissue: far longer than a close takes to arrive
+ROLE = sse(chat_chunk({"role": "assistant", "content": ""}))
+WHOLE: list[bytes | Gate] = [
+    ROLE,
+    sse(chat_chunk({"content": "hi"})),
+    sse(chat_chunk({}, finish_reason="stop")),
+    DONE,
+]
+
+
+@dataclass(frozen=True, slots=True)
+class _FixedBackoff(RetryPolicy):
+    """The retry policy with a fixed backoff (the default's full jitter can draw ~0)."""
+
+    def backoff(self, retry: int, server_delay: float | None, rand: Any = None) -> float:
+        return WAIT
+
+
+class _ReopenSpy(RecordingSink):
+    """Sets ``reopening`` when streamsentinel decides to retry or resume (then it waits ``WAIT``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reopening = threading.Event()
+
+    def event(self, stream: Any, event: Any, handle: Any) -> None:
+        retry = isinstance(event, RetryEvent) and event.layer == "sentinel"
+        if retry or (isinstance(event, ResumeEvent) and event.result == "started"):
+            self.reopening.set()
+
+
+# (phase, fault point): before output (a retry) and after output (a replay resume).
+PENDING = [("retry", 1), ("resume", 3)]
+
+
+def _instrument_reopening(phase: str) -> _ReopenSpy:
+    spy = _ReopenSpy()
+    streamsentinel.uninstrument()
+    telemetry = make_telemetry(
+        retry_attempts=3, retry_budget_min_retries=1000, retry_time_budget=600.0, sinks=[spy]
+    )
+    rt = telemetry.runtime
+    rt.policy = _FixedBackoff(attempts=3, time_budget=600.0, resume="replay" if phase == "resume" else "off")
+    return spy
+
+
+def _assert_closed_read(items: list[Any], exc: BaseException | None, phase: str, after: int) -> None:
+    # What the plain SDK's pending read raises when another thread/task closes its stream
+    # (test_plain_sdk_pending_read_fails_when_closed): APIConnectionError from an httpx2.ReadError.
+    assert type(exc) is openai.APIConnectionError
+    assert isinstance(exc.__cause__, httpx2.ReadError)
+    # A retry's attempt delivered nothing (its role chunk was held); a resume's, its first items.
+    assert len(items) == (after if phase == "resume" else 0)
+
+
+@pytest.mark.parametrize(("phase", "after"), PENDING)
+def test_close_from_another_thread_stops_a_pending_reopen(phase: str, after: int) -> None:
+    """Issue 15, defect 3: close() from another thread while streamsentinel waits to retry (or
+    resume) wins: no further request, the pending read fails as the plain SDK's, ``abandoned``."""
+    spy = _instrument_reopening(phase)
+    plan = FaultPlan(script=[FaultSpec(fault=Fault.RESET, after=after)])
+    items: list[Any] = []
+    failed: list[BaseException] = []
+    try:
+        with (
+            ChaosServer(plan, chunks=5) as server,
+            openai.OpenAI(base_url=server.base_url, api_key="k", max_retries=0, timeout=TIMEOUT) as client,
+            capture() as records,
+        ):
+            stream = open_chat(client)
+
+            def read() -> None:
+                try:
+                    for item in stream:
+                        items.append(item)
+                except BaseException as exc:
+                    failed.append(exc)
+
+            reader = threading.Thread(target=read)
+            reader.start()
+            assert spy.reopening.wait(30), "streamsentinel never decided to reopen"
+            stream.close()
+            reader.join(30)
+            assert not reader.is_alive()
+            assert server.arrivals == 1
+            with pytest.raises(StopIteration):
+                next(stream)
+        _assert_closed_read(items, failed[0] if failed else None, phase, after)
+        assert [r.outcome for r in records] == ["abandoned"]
+        assert server.arrivals == 1
+    finally:
+        streamsentinel.uninstrument()
+
+
+@pytest.mark.parametrize(("phase", "after"), PENDING)
+async def test_close_from_another_task_stops_a_pending_reopen(phase: str, after: int) -> None:
+    """Issue 15, defect 3: close() from another task while streamsentinel waits to retry (or
+    resume) wins: no further request, the pending read fails as the plain SDK's, ``abandoned``."""
+    spy = _instrument_reopening(phase)
+    plan = FaultPlan(script=[FaultSpec(fault=Fault.RESET, after=after)])
+    items: list[Any] = []
+    try:
+        with ChaosServer(plan, chunks=5) as server, capture() as records:
+            async with openai.AsyncOpenAI(
+                base_url=server.base_url, api_key="k", max_retries=0, timeout=TIMEOUT
+            ) as client:
+                stream = await aopen_chat(client)
+
+                async def read() -> BaseException | None:
+                    try:
+                        async for item in stream:
+                            items.append(item)
+                    except BaseException as exc:
+                        return exc
+                    return None
+
+                reader = asyncio.create_task(read())
+                assert await asyncio.to_thread(spy.reopening.wait, 30), "never decided to reopen"
+                await stream.close()
+                exc = await asyncio.wait_for(reader, 30)
+                assert server.arrivals == 1
+                with pytest.raises(StopAsyncIteration):
+                    await stream.__anext__()
+        _assert_closed_read(items, exc, phase, after)
+        assert [r.outcome for r in records] == ["abandoned"]
+        assert server.arrivals == 1
+    finally:
+        streamsentinel.uninstrument()
+
+
+def test_plain_sdk_pending_read_fails_when_closed() -> None:
+    """What the uninstrumented SDK does when another thread or task closes a stream whose read is
+    pending: no further request; the read fails with APIConnectionError from an httpx2.ReadError
+    (sync: once the blocked socket read returns, here when the server sends on; async: at once)."""
+    streamsentinel.uninstrument()
+    gate = Gate()
+    parts: list[bytes | Gate] = [ROLE, gate, sse(chat_chunk({"content": "hi"})), DONE]
+    with ScriptedServer(parts) as server:
+        with openai.OpenAI(base_url=server.base_url, api_key="k", max_retries=0, timeout=TIMEOUT) as client:
+            stream = client.chat.completions.create(model=MODEL, messages=MESSAGES, stream=True)
+            next(stream)
+            failed: list[BaseException] = []
+
+            def read() -> None:
+                try:
+                    next(stream)
+                except BaseException as exc:
+                    failed.append(exc)
+
+            reader = threading.Thread(target=read)
+            reader.start()
+            gate.wait_reached()
+            stream.close()
+            gate.release()
+            reader.join(30)
+        assert type(failed[0]) is openai.APIConnectionError
+        assert isinstance(failed[0].__cause__, httpx2.ReadError)
+
+        async def async_case() -> BaseException:
+            async with openai.AsyncOpenAI(
+                base_url=server.base_url, api_key="k", max_retries=0, timeout=TIMEOUT
+            ) as aclient:
+                astream = await aclient.chat.completions.create(model=MODEL, messages=MESSAGES, stream=True)
+                await astream.__anext__()
+                pending = asyncio.ensure_future(astream.__anext__())
+                await asyncio.to_thread(second.wait_reached)
+                await astream.close()
+                try:
+                    await asyncio.wait_for(pending, 30)
+                except BaseException as exc:
+                    return exc
+                raise AssertionError("the pending read did not fail")
+
+        second = Gate()
+        server.parts = [parts[0], second, *parts[2:]]
+        exc = asyncio.run(async_case())
+        assert type(exc) is openai.APIConnectionError
+        assert isinstance(exc.__cause__, httpx2.ReadError)
+        assert server.requests == 2  # one per client: nothing re-sent
+
+
+class _HeldReissue(ScriptedServer):
+    """Request 1 gets ``first``; request 2 waits at ``gate`` before its headers, then gets ``second``."""
+
+    def __init__(self, first: list[bytes | Gate], second: list[bytes | Gate]) -> None:
+        super().__init__(first)
+        self.second = second
+        self.gate = Gate()
+
+    def _arrived(self) -> None:
+        super()._arrived()
+        if self.requests == 2:
+            self.parts = self.second
+            self.gate._pass()
+
+    def __enter__(self) -> _HeldReissue:
+        super().__enter__()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.gate.release()
+        super().__exit__(*exc_info)
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_close_while_the_reissue_opens_wins(mode: str) -> None:
+    """Issue 15, defect 3: close() while the retry's request is in flight: the stream it opens
+    is closed unread, the pending read fails as the plain SDK's, ``abandoned``."""
+    streamsentinel.uninstrument()
+    make_telemetry(retry_attempts=3, retry_base_delay=0.0, retry_max_delay=0.0, retry_budget_min_retries=1000)
+    items: list[Any] = []
+    try:
+        # Request 1 ends silently after its role chunk (before output, retried at once).
+        with _HeldReissue([ROLE], WHOLE) as server, capture() as records:
+            if mode == "sync":
+                with openai.OpenAI(
+                    base_url=server.base_url, api_key="k", max_retries=0, timeout=TIMEOUT
+                ) as c:
+                    stream = open_chat(c)
+                    failed: list[BaseException] = []
+
+                    def read() -> None:
+                        try:
+                            for item in stream:
+                                items.append(item)
+                        except BaseException as exc:
+                            failed.append(exc)
+
+                    reader = threading.Thread(target=read)
+                    reader.start()
+                    await asyncio.to_thread(server.gate.wait_reached)
+                    stream.close()
+                    server.gate.release()
+                    reader.join(30)
+                    assert not reader.is_alive()
+                    exc: BaseException | None = failed[0] if failed else None
+            else:
+                async with openai.AsyncOpenAI(
+                    base_url=server.base_url, api_key="k", max_retries=0, timeout=TIMEOUT
+                ) as ac:
+                    astream = await aopen_chat(ac)
+
+                    async def aread() -> BaseException | None:
+                        try:
+                            async for item in astream:
+                                items.append(item)
+                        except BaseException as exc:
+                            return exc
+                        return None
+
+                    task = asyncio.create_task(aread())
+                    await asyncio.to_thread(server.gate.wait_reached)
+                    await astream.close()
+                    server.gate.release()
+                    exc = await asyncio.wait_for(task, 30)
+        assert items == []
+        assert type(exc) is openai.APIConnectionError
+        assert isinstance(exc.__cause__, httpx2.ReadError)
+        assert [r.outcome for r in records] == ["abandoned"]
+        assert server.requests == 2
+    finally:
+        streamsentinel.uninstrument()
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_a_read_broken_by_close_is_not_retried(mode: str) -> None:
+    """Issue 15, defect 3: close() from another thread or task while the SDK's read is pending
+    (nothing delivered yet, so a retry would be possible): the read the close breaks fails with
+    the SDK's exception, no retry is sent, ``abandoned``."""
+    streamsentinel.uninstrument()
+    make_telemetry(retry_attempts=3, retry_base_delay=0.0, retry_max_delay=0.0, retry_budget_min_retries=1000)
+    gate = Gate()
+    items: list[Any] = []
+    try:
+        with ScriptedServer([ROLE, gate, *WHOLE[1:]]) as server, capture() as records:
+            if mode == "sync":
+                with openai.OpenAI(
+                    base_url=server.base_url, api_key="k", max_retries=0, timeout=TIMEOUT
+                ) as c:
+                    stream = open_chat(c)
+                    failed: list[BaseException] = []
+
+                    def read() -> None:
+                        try:
+                            for item in stream:
+                                items.append(item)
+                        except BaseException as exc:
+                            failed.append(exc)
+
+                    reader = threading.Thread(target=read)
+                    reader.start()
+                    await asyncio.to_thread(gate.wait_reached)
+                    stream.close()
+                    gate.release()  # the blocked socket read returns (see the plain SDK's test)
+                    reader.join(30)
+                    assert not reader.is_alive()
+                    exc: BaseException | None = failed[0] if failed else None
+            else:
+                async with openai.AsyncOpenAI(
+                    base_url=server.base_url, api_key="k", max_retries=0, timeout=TIMEOUT
+                ) as ac:
+                    astream = await aopen_chat(ac)
+
+                    async def aread() -> BaseException | None:
+                        try:
+                            async for item in astream:
+                                items.append(item)
+                        except BaseException as exc:
+                            return exc
+                        return None
+
+                    task = asyncio.create_task(aread())
+                    await asyncio.to_thread(gate.wait_reached)
+                    await astream.close()
+                    exc = await asyncio.wait_for(task, 30)
+        assert server.requests == 1
+        assert type(exc) is openai.APIConnectionError
+        assert isinstance(exc.__cause__, httpx2.ReadError)
+        assert [r.outcome for r in records] == ["abandoned"]
+        # The role chunk was held back: the pending read fails (as the SDK's), it is not handed out.
+        assert items == []
+    finally:
+        streamsentinel.uninstrument()

@@ -240,4 +240,3 @@ async def test_replay_delivers_the_uncut_item_sequence(mode: str, api: str, cuts
     assert telemetry.by("openai_stream_resumes_total", "result") == {"resumed": len(cuts)}
     assert telemetry.by("openai_stream_requests_total", "outcome") == {"completed": 1}
     assert telemetry.value("openai_stream_chunks_total") == len(uncut)
-

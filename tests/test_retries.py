@@ -15,7 +15,6 @@ import contextlib
 import json
 from collections.abc import Callable, Iterator, MutableMapping
 from dataclasses import dataclass
-from types import SimpleNamespace
 from typing import Any
 
 import httpx2
@@ -81,17 +80,17 @@ def instrument() -> Iterator[Callable[..., Telemetry]]:
 
 @pytest.fixture(autouse=True)
 def delays(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    """The backoff delays the proxy asked for, in order; nothing is slept."""
+    """The backoff delays the proxy asked for, in order; nothing is waited for."""
     recorded: list[float] = []
 
-    def sleep(seconds: float) -> None:
+    def pause(ctl: Any, seconds: float) -> None:
         recorded.append(seconds)
 
-    async def asleep(seconds: float) -> None:
+    async def apause(ctl: Any, seconds: float) -> None:
         recorded.append(seconds)
 
-    monkeypatch.setattr(proxy, "time", SimpleNamespace(sleep=sleep))
-    monkeypatch.setattr(proxy, "asyncio", SimpleNamespace(sleep=asleep))
+    monkeypatch.setattr(proxy, "_pause", pause)
+    monkeypatch.setattr(proxy, "_apause", apause)
     return recorded
 
 
@@ -790,14 +789,14 @@ async def test_an_interrupted_backoff_ends_the_request_with_it(
     once, the request is recorded as abandoned (in flight back to 0), and the stream is over."""
     interrupt: type[BaseException] = KeyboardInterrupt if mode == "sync" else asyncio.CancelledError
 
-    def sleep(seconds: float) -> None:
+    def pause(ctl: Any, seconds: float) -> None:
         raise KeyboardInterrupt
 
-    async def asleep(seconds: float) -> None:
+    async def apause(ctl: Any, seconds: float) -> None:
         raise asyncio.CancelledError
 
-    monkeypatch.setattr(proxy, "time", SimpleNamespace(sleep=sleep))
-    monkeypatch.setattr(proxy, "asyncio", SimpleNamespace(sleep=asleep))
+    monkeypatch.setattr(proxy, "_pause", pause)
+    monkeypatch.setattr(proxy, "_apause", apause)
     telemetry = instrument()
     server = scripted(FaultSpec(fault=Fault.RESET, after=HELD["chat"]), OK)
     outcomes: list[str] = []

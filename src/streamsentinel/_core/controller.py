@@ -168,6 +168,9 @@ class StreamController(Endings):
     def on_eof(self) -> float | None:
         """The SDK's iterator ended without error. Returns a delay to open the stream again after,
         or None (then hand out ``out``, then ``final``)."""
+        if self.closed:  # the consumer's close ended it
+            self._closed_under_read(None)
+            return None
         if self._skipper is not None:
             short = self._skipper.unfinished()
             if short is not None:
@@ -198,11 +201,10 @@ class StreamController(Endings):
 
     def on_error(self, exc: BaseException) -> float | None:
         """The SDK raised while the consumer iterated: a cancellation propagates at once; a failure
-        may be retried or resumed, else it propagates unchanged."""
-        if is_cancellation(exc):
-            self.held.clear()
-            self.on_close()
-            self._end_with(exc)
+        may be retried or resumed, else it propagates unchanged. After the consumer's close (from
+        another thread or task: the close broke the read), the stream ends with it as closed."""
+        if self.closed or is_cancellation(exc):
+            self._closed_under_read(exc)
             return None
         try:
             failure = self._raised_failure(exc)
@@ -210,6 +212,13 @@ class StreamController(Endings):
             self.rt.errors("classify", classify_exc)
             failure = Failure("other", "other")
         return self._after(failure, exc, False)
+
+    def _closed_under_read(self, exc: BaseException | None) -> None:
+        """The consumer closed (or cancelled) the stream while a read was pending: recorded as
+        its close, and the read ends as the SDK's did (``exc``, None: the iterator's end)."""
+        self.held.clear()
+        self.on_close()
+        self._end_with(exc)
 
     def _raised_failure(self, exc: BaseException) -> Failure:
         kind = self.s.timeout_kind

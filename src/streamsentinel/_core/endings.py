@@ -9,6 +9,9 @@ from __future__ import annotations
 from time import perf_counter
 from typing import Any
 
+import httpx2
+import openai
+
 from .. import errors
 from ..instrumentation._data import GapEvent
 from .reopen import Reopening
@@ -49,10 +52,23 @@ class Endings(Reopening):
             self.rate_limited(failure.rate_limit_kind, 429)  # the attempt hook did not see it
         self._finish("failed", failure)
 
+    def closing(self) -> None:
+        """The consumer is closing the stream (maybe from another thread or task, while a read is
+        pending): that wins over any decision still to come. No reopening starts from now on, a
+        wait before one ends at once (``wake``), and a read the close breaks ends the stream."""
+        self.closed = True
+        wake = self.wake
+        if wake is not None:
+            try:
+                wake()
+            except Exception as exc:
+                self.rt.errors("close", exc)
+
     def on_close(self) -> None:
         """The consumer closed, dropped or cancelled the stream: a failure if the server had sent an
         error event or a read had stalled (``taxonomy.given_up_failure``); else ``completed`` if
         the answer was already whole, else ``abandoned``."""
+        self.closing()
         if self.ended:
             return
         s = self.s
@@ -100,6 +116,15 @@ class Endings(Reopening):
         timeout = settings.first_token_timeout if kind == "first_token_timeout" else settings.stall_timeout
         error = errors.StreamTimeoutError(kind=kind, timeout=timeout, request=self._request())
         error.__cause__ = cause
+        return error
+
+    def _closed_read(self) -> BaseException:
+        """What a read pending when the consumer closed the stream raises: what the SDK's read
+        raises when its stream's connection is closed under it (``APIConnectionError`` from an
+        ``httpx2.ReadError``, tests/test_lifecycle.py)."""
+        request = self._request()
+        error = openai.APIConnectionError(request=request)
+        error.__cause__ = httpx2.ReadError("the stream was closed", request=request)
         return error
 
     def _request(self) -> Any:

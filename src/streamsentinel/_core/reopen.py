@@ -34,10 +34,12 @@ class Reopening(Attempts):
         "_pending",
         "_skipper",
         "attempt",
+        "closed",
         "held",
         "holding",
         "reissue",
         "retrieve",
+        "wake",
     )
 
     # Kept by the controller (StreamController), used here.
@@ -69,6 +71,10 @@ class Reopening(Attempts):
         self._broken: Failure | None = None  # the failure a resume repairs
         self._broken_exc: BaseException | None = None  # and what the SDK raised for it, if anything
         self._pending = "retry"  # what the planned reopening is
+        # The consumer closed the stream (maybe from another thread or task): that wins over any
+        # pending reopening. ``wake`` ends the driver's wait before one (None: not waiting).
+        self.closed = False
+        self.wake: Callable[[], None] | None = None
 
     def _hold(self, item: Any, preamble: Callable[[Any], bool]) -> bool:
         """Whether ``item`` is held (while holding). The first item that is not known to carry no
@@ -101,6 +107,9 @@ class Reopening(Attempts):
     def request_failed(self, exc: BaseException) -> None:
         raise NotImplementedError
 
+    def _closed_read(self) -> BaseException:
+        raise NotImplementedError
+
     def _replayed(self, item: Any) -> Any:
         """A replay's item: ``SKIP`` while it repeats what was delivered, else the item."""
         skipper = self._skipper
@@ -119,7 +128,7 @@ class Reopening(Attempts):
     def _plan(self, failure: Failure) -> float | None:
         """A delay when the policy and the budget allow opening the stream again."""
         rt = self.rt
-        if self.reissue is None or self.ended or self.s.odd_items:
+        if self.reissue is None or self.ended or self.closed or self.s.odd_items:
             return None  # late observation, or items of a type a reissue would not give back
         try:
             delivered = not self.holding
@@ -156,10 +165,14 @@ class Reopening(Attempts):
 
     # -- opening the stream again ------------------------------------------------------------------
 
-    def next_call(self) -> Callable[[], Any]:
+    def next_call(self) -> Callable[[], Any] | None:
         """What the driver calls (and awaits, for an async client) to open the next stream, after
         the delay ``on_eof``/``on_error`` returned. Its result goes to :meth:`reopened`, its
-        exception to :meth:`reopen_failed`."""
+        exception to :meth:`reopen_failed`. None: the consumer closed the stream meanwhile (then
+        hand out ``out`` and ``final``)."""
+        if self.closed:
+            self._closed_while_reopening()
+            return None
         rt = self.rt
         if self.response is not None:
             try:
@@ -193,10 +206,21 @@ class Reopening(Attempts):
         fn, args, kwargs = reissue
         return lambda: fn(*args, **kwargs)
 
-    def reopened(self, stream: Any) -> None:
-        """The next stream opened (the driver has adopted it through the SDK layer)."""
+    def reopened(self, stream: Any) -> bool:
+        """The next stream opened: whether to read it. False when the consumer closed the stream
+        while it opened (the driver closes it, then hands out ``final``)."""
+        if self.closed:
+            self._closed_while_reopening()
+            return False
         if self._pending == "resume" and self._skipper is None:
             self._resumed("resumed")  # a continuation: nothing to skip
+        return True
+
+    def _closed_while_reopening(self) -> None:
+        """The consumer's pending read fails as the SDK's does when its stream is closed under it;
+        the failed attempt's held items are dropped (``on_close`` recorded the stream)."""
+        self.held.clear()
+        self._end_with(self._closed_read())
 
     def wait_interrupted(self, exc: BaseException) -> None:
         """The wait before reopening raised (a cancellation, or a signal handler's exception): the
@@ -209,6 +233,9 @@ class Reopening(Attempts):
     def reopen_failed(self, exc: BaseException) -> None:
         """Opening the next stream raised. A retry's failure (or a cancellation) ends the request
         with it; a resume's leaves the original failure to end the stream."""
+        if self.closed and not is_cancellation(exc):
+            self._closed_while_reopening()
+            return
         if self._pending == "retry" or is_cancellation(exc):
             self.request_failed(exc)
             self._end_with(exc)

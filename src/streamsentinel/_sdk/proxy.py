@@ -3,8 +3,10 @@
 ``ObservedStream`` / ``ObservedAsyncStream`` are ``wrapt.ObjectProxy`` subclasses, so the consumer
 keeps ``isinstance(stream, openai.Stream)``, ``stream.response`` and every other attribute. Each
 read goes: proxy -> driver -> the SDK's item generator (``compat.items_of``) ->
-``controller.on_item`` (where a chunk is observed). The drivers decide nothing: they read, sleep
+``controller.on_item`` (where a chunk is observed). The drivers decide nothing: they read, wait
 and reopen when the controller says so, and hand out ``controller.out`` then ``controller.final``.
+A wait before reopening ends as soon as the consumer closes the stream (from another thread or
+task): the controller's ``wake``.
 The sync driver is a generator (its locals stay in place between items); the async one is a
 class with an ``async def __anext__``, not an async generator: nothing for the event loop to
 finalize.
@@ -16,7 +18,7 @@ Like the SDK's ``Stream.__iter__``, ``__iter__`` returns the stream itself, so b
 from __future__ import annotations
 
 import asyncio
-import time
+import threading
 import weakref
 from collections.abc import Awaitable, Iterator
 from time import perf_counter
@@ -51,14 +53,60 @@ def _hand_out(ctl: StreamController, stop: type[BaseException]) -> Any:
     raise (stop() if final is STOP else final)
 
 
+def _pause(ctl: StreamController, delay: float) -> None:
+    """Wait ``delay`` seconds before opening the stream again, or until ``close()`` (another
+    thread's) wakes it: ``ctl.wake`` is set before ``ctl.closed`` is read, which ``ctl.closing``
+    sets before it reads ``ctl.wake``, so no close is missed."""
+    woken = threading.Event()
+    ctl.wake = woken.set
+    try:
+        if not ctl.closed:
+            woken.wait(delay)
+    finally:
+        ctl.wake = None
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+async def _apause(ctl: StreamController, delay: float) -> None:
+    """:func:`_pause` on the event loop; ``close()`` may come from another task (or thread)."""
+    loop = asyncio.get_running_loop()
+    woken: asyncio.Future[None] = loop.create_future()
+
+    def wake() -> None:
+        try:
+            loop.call_soon_threadsafe(_resolve, woken)
+        except RuntimeError:  # the loop is closed: nothing waits on it any more
+            pass
+
+    ctl.wake = wake
+    try:
+        if not ctl.closed:
+            await asyncio.wait((woken,), timeout=delay)
+    finally:
+        ctl.wake = None
+
+
 def _switch(ctl: StreamController, proxy_ref: weakref.ref[Any], stream: Any) -> Any:
-    """The next attempt's stream is read from now on."""
+    """The next attempt's stream is read from now on; None if the consumer closed the stream
+    while it opened (the caller closes it)."""
+    if not ctl.reopened(stream):
+        return None
     adopt(ctl, stream)
-    ctl.reopened(stream)
     proxy = proxy_ref()
     if proxy is not None:  # the consumer's `stream.response` etc. now refer to the new stream
         proxy.__wrapped__ = stream
     return stream
+
+
+def _close_quietly(stream: Any) -> None:
+    try:
+        stream.close()
+    except Exception:
+        pass
 
 
 class _ProxyRef:
@@ -108,10 +156,12 @@ def _sync_drive(ctl: StreamController, stream: Any, proxy: _ProxyRef) -> Iterato
             continue
         if delay is not None:
             try:
-                time.sleep(delay)
+                _pause(ctl, delay)
                 call = ctl.next_call()
             except BaseException as exc:  # escaping would end this generator without a record
                 ctl.wait_interrupted(exc)
+                continue
+            if call is None:  # closed while waiting
                 continue
             tokens = ctl.enter()
             try:
@@ -121,7 +171,11 @@ def _sync_drive(ctl: StreamController, stream: Any, proxy: _ProxyRef) -> Iterato
                 continue
             finally:
                 ctl.exit(tokens)
-            next_item = compat.items_of(_switch(ctl, proxy.ref, opened)).__next__
+            switched = _switch(ctl, proxy.ref, opened)
+            if switched is None:  # closed while it opened
+                _close_quietly(opened)
+                continue
+            next_item = compat.items_of(switched).__next__
 
 
 class _AsyncDriver:
@@ -159,10 +213,12 @@ class _AsyncDriver:
                 return item
             if delay is not None:
                 try:
-                    await asyncio.sleep(delay)
+                    await _apause(ctl, delay)
                     call = ctl.next_call()
                 except BaseException as exc:  # as the sync driver: the request ends with it
                     ctl.wait_interrupted(exc)
+                    continue
+                if call is None:  # closed while waiting
                     continue
                 tokens = ctl.enter()
                 try:
@@ -172,7 +228,14 @@ class _AsyncDriver:
                     continue
                 finally:
                     ctl.exit(tokens)
-                self.items = compat.items_of(_switch(ctl, self.proxy, stream))
+                switched = _switch(ctl, self.proxy, stream)
+                if switched is None:  # closed while it opened
+                    try:
+                        await stream.close()
+                    except Exception:
+                        pass
+                    continue
+                self.items = compat.items_of(switched)
         return _hand_out(ctl, StopAsyncIteration)
 
 
@@ -222,10 +285,12 @@ class ObservedStream(ObservedBase):
         self.close()
 
     def close(self) -> None:
+        ctl = self._self_ctl
+        ctl.closing()  # first: a read the close breaks must not be retried
         try:
             self.__wrapped__.close()
         finally:
-            self._self_ctl.on_close()
+            ctl.on_close()
 
 
 class ObservedAsyncStream(ObservedBase):
@@ -248,10 +313,12 @@ class ObservedAsyncStream(ObservedBase):
         await self.close()
 
     async def close(self) -> None:
+        ctl = self._self_ctl
+        ctl.closing()  # see ObservedStream.close
         try:
             await self.__wrapped__.close()
         finally:
-            self._self_ctl.on_close()
+            ctl.on_close()
 
     async def aclose(self) -> None:
         await self.close()
