@@ -215,8 +215,11 @@ class StreamController(Endings):
 
     def _closed_under_read(self, exc: BaseException | None) -> None:
         """The consumer closed (or cancelled) the stream while a read was pending: recorded as
-        its close, and the read ends as the SDK's did (``exc``, None: the iterator's end)."""
-        self.held.clear()
+        its close, and the read ends as the SDK's did (``exc``, None: the iterator's end). Held
+        items are handed out first after a close (the plain SDK had delivered them before the
+        read), dropped for a cancellation (it propagates at once)."""
+        if is_cancellation(exc):
+            self.held.clear()
         self.on_close()
         self._end_with(exc)
 

@@ -217,9 +217,9 @@ class Reopening(Attempts):
         return True
 
     def _closed_while_reopening(self) -> None:
-        """The consumer's pending read fails as the SDK's does when its stream is closed under it;
-        the failed attempt's held items are dropped (``on_close`` recorded the stream)."""
-        self.held.clear()
+        """The consumer's pending read fails as the SDK's does when its stream is closed under it,
+        after the failed attempt's held items (the plain SDK had delivered them; ``on_close``
+        recorded the stream)."""
         self._end_with(self._closed_read())
 
     def wait_interrupted(self, exc: BaseException) -> None:
