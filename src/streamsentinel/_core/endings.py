@@ -90,6 +90,7 @@ class Endings(Reopening):
         if self.ended:
             return
         self.ended = True
+        self.rt.watchdog.unwatch(self)  # it may have been adopted: a watched stream keeps a thread
         self._give_back("ignored")
         self.rt.emitter.discard(self.stream, self.handles)
 
