@@ -21,6 +21,7 @@ import pytest
 
 import streamsentinel
 from streamsentinel import StreamTimeoutError
+from streamsentinel.chaos import ChaosServer, Fault, FaultPlan, FaultSpec
 
 from .defect_servers import DONE, Gate, ScriptedServer, chat_chunk, responses_event, sse
 from .support import OBSERVE_ONLY, Telemetry, chat_kwargs, chat_text, reinstrument, responses_kwargs
@@ -214,6 +215,60 @@ async def test_open_stream_keeps_its_stall_timeout_across_reconfiguration(
     assert new_watchdog_threads() == set()
 
 
+# -- 7. a stall on a close-delimited body is a stall, not a truncation --------------------------------
+
+
+@pytest.mark.parametrize("where", ["between_events", "inside_event"])
+@pytest.mark.parametrize("api", ["chat", "responses"])
+@pytest.mark.parametrize("mode", MODES)
+async def test_stall_on_close_delimited_body_is_a_stall(mode: str, api: str, where: str) -> None:
+    """Issue 15, defect 7: a stall on a close-delimited body is StreamTimeoutError/stall, not a truncation.
+
+    The watchdog's socket shutdown reads as the end of such a body (no exception from the SDK):
+    we ended it, so the reason is ours, not ``eof_before_done`` (between events) or
+    ``partial_event`` (the server stalled inside one).
+    """
+    telemetry = reinstrument(stall_timeout=STALL)
+    gate = Gate()
+    started = [b'data: {"id": "cut'] if where == "inside_event" else []
+    with ScriptedServer([*BEFORE[api], *started, gate, *AFTER[api]], framing="close") as server:
+        seen = await consume(mode, server.base_url, api)
+    assert_stalled(seen, telemetry, api)
+    assert seen.exc is not None and seen.exc.__cause__ is None  # the SDK raised nothing
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_first_token_timeout_on_close_delimited_body(mode: str) -> None:
+    """Issue 15, defect 7: no first token on a close-delimited body is a first_token_timeout.
+
+    The consumer gets ``StreamTimeoutError``, not ``StreamTruncatedError``.
+    """
+    telemetry = reinstrument(first_token_timeout=STALL)
+    gate = Gate()
+    with ScriptedServer([gate, ROLE, HELLO, STOP, DONE], framing="close") as server:
+        seen = await consume(mode, server.base_url)
+    assert type(seen.exc) is StreamTimeoutError, repr(seen.exc)
+    assert (seen.exc.kind, seen.exc.timeout) == ("first_token_timeout", STALL)
+    assert seen.items == []
+    assert telemetry.by("openai_stream_requests_total", "outcome") == {"failed": 1}
+    assert telemetry.by("openai_stream_errors_total", "error_type") == {"first_token_timeout": 1}
+    assert telemetry.by("openai_stream_truncations_total", "reason") == {"first_token_timeout": 1}
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_close_delimited_body_read_to_its_end_is_completed(mode: str) -> None:
+    """Issue 15, defect 7: a close-delimited body the server ends after [DONE] is completed.
+
+    The control case: the same framing, no stall, nothing for the watchdog to do.
+    """
+    telemetry = reinstrument(stall_timeout=STALL)
+    with ScriptedServer([ROLE, HELLO, STOP, DONE], framing="close") as server:
+        seen = await consume(mode, server.base_url)
+    assert seen.exc is None, repr(seen.exc)
+    assert chat_text(seen.items) == "Hello"
+    assert telemetry.by("openai_stream_requests_total", "outcome") == {"completed": 1}
+
+
 # -- 11. a stream adopted while its runtime closes: enforced, and no thread outlives it ---------------
 
 
@@ -259,3 +314,38 @@ async def test_stream_adopted_after_uninstrument_completes_and_leaves_no_thread(
     assert telemetry.by("openai_stream_requests_total", "outcome") == {"completed": 1}
     assert new_watchdog_threads() == set()
 
+
+# -- the same rule when a resume after a stall fails to open ------------------------------------------
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_stall_whose_resume_fails_to_open_is_a_stall(mode: str) -> None:
+    """Issue 15, defect 7: a stall whose resume could not open ends with StreamTimeoutError/stall.
+
+    The end is decided from the failure, not from the broken connection's state (which the
+    reopening had already reset): before, the consumer got the bare ``APIConnectionError``.
+    """
+    telemetry = reinstrument(
+        stall_timeout=STALL,
+        resume="replay",
+        retry_attempts=3,
+        retry_base_delay=0.0,
+        retry_max_delay=0.0,
+        retry_budget_min_retries=1000,
+    )
+    plan = FaultPlan(
+        script=[
+            FaultSpec(fault=Fault.STALL_MID_STREAM, after=4, stall_seconds=30.0),
+            FaultSpec(fault=Fault.SERVER_ERROR),
+        ]
+    )
+    with ChaosServer(plan, chunks=5) as server:
+        seen = await consume(mode, server.base_url)
+        assert server.arrivals == 2
+    assert type(seen.exc) is StreamTimeoutError, repr(seen.exc)
+    assert (seen.exc.kind, seen.exc.timeout) == ("stall", STALL)
+    assert type(seen.exc.__cause__) is openai.APIConnectionError
+    assert len(seen.items) == 4
+    assert telemetry.by("openai_stream_resumes_total", "result") == {"failed": 1}
+    assert telemetry.by("openai_stream_requests_total", "outcome") == {"truncated": 1}
+    assert telemetry.by("openai_stream_truncations_total", "reason") == {"stall": 1}

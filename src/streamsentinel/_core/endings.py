@@ -96,7 +96,9 @@ class Endings(Reopening):
 
     # -- classification helpers --------------------------------------------------------------------
 
-    def _timed_out(self, kind: str, cause: BaseException) -> BaseException:
+    def _timed_out(self, kind: str, cause: BaseException | None) -> BaseException:
+        """``StreamTimeoutError`` from the settings of the stream's own runtime; ``cause``: what the
+        SDK raised when the socket was shut (None: a close-delimited body just ended)."""
         settings = self.rt.settings
         timeout = settings.first_token_timeout if kind == "first_token_timeout" else settings.stall_timeout
         error = errors.StreamTimeoutError(kind=kind, timeout=timeout, request=self._request())
