@@ -13,7 +13,7 @@ import asyncio
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import httpx2
 import openai
@@ -32,6 +32,7 @@ STALL = 0.5  # stall_timeout of the streams under test, seconds
 CLIENT_TIMEOUT = httpx2.Timeout(30.0, connect=2.0)
 SAFETY = 60.0  # a consumer that never ends fails the test after this (a safety net, not a clock)
 WATCHDOG_THREAD = "streamsentinel-watchdog"
+REQUEST = httpx2.Request("POST", "http://127.0.0.1/v1/chat/completions")
 
 ROLE = sse(chat_chunk({"role": "assistant", "content": ""}))
 HELLO = sse(chat_chunk({"content": "Hello"}))
@@ -349,3 +350,40 @@ async def test_stall_whose_resume_fails_to_open_is_a_stall(mode: str) -> None:
     assert telemetry.by("openai_stream_resumes_total", "result") == {"failed": 1}
     assert telemetry.by("openai_stream_requests_total", "outcome") == {"truncated": 1}
     assert telemetry.by("openai_stream_truncations_total", "reason") == {"stall": 1}
+
+
+@pytest.mark.parametrize("framing", ["chunked", "close"])
+@pytest.mark.parametrize("mode", MODES)
+async def test_responses_stall_after_its_terminal_event_is_a_stall_on_any_framing(
+    mode: str, framing: Literal["chunked", "close"]
+) -> None:
+    """Issue 15, defect 7: a Responses stream hanging after response.completed stalls out on any framing.
+
+    The SDK reads on after the terminal event (to the body's end): the read the watchdog cut is
+    the consumer's, so the reason is the watchdog's, whether the cut raised or read as the end.
+    """
+    telemetry = reinstrument(stall_timeout=STALL)
+    with ScriptedServer([CREATED, DELTA, COMPLETED, Gate()], framing=framing) as server:
+        seen = await consume(mode, server.base_url, "responses")
+    assert type(seen.exc) is StreamTimeoutError, repr(seen.exc)
+    assert seen.exc.kind == "stall"
+    assert [i.type for i in seen.items][-1] == "response.completed"
+    assert telemetry.by("openai_stream_errors_total", "error_type") == {"stall": 1}
+
+
+def test_a_cut_after_done_ended_nothing() -> None:
+    """Issue 15, defect 7: a watchdog cut after data: [DONE] is no stall.
+
+    The SDK had ended the stream there and only drains the body, errors ignored. (The async SDK
+    drains an HTTP/1.1 body for at most 0.1 s after [DONE]; whether the watchdog cuts that drain
+    is a race no loopback test can decide, so the rule is checked here.)
+    """
+    from streamsentinel._core.taxonomy import Failure, watchdog_cut
+
+    assert watchdog_cut("stall", None, done_seen=True) is None
+    assert watchdog_cut("stall", None) == Failure("stall", "stall")
+    assert watchdog_cut("first_token_timeout", openai.APIConnectionError(request=REQUEST)) == Failure(
+        "first_token_timeout", "first_token_timeout"
+    )
+    assert watchdog_cut(None, None) is None
+    assert watchdog_cut("stall", ValueError("not ours")) is None

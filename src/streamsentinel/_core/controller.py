@@ -168,7 +168,13 @@ class StreamController(Endings):
     def on_eof(self) -> float | None:
         """The SDK's iterator ended without error. Returns a delay to open the stream again after,
         or None (then hand out ``out``, then ``final``)."""
-        cut = watchdog_cut(self.s.timeout_kind, None)
+        s = self.s
+        try:
+            wire = s.wire
+            cut = watchdog_cut(s.timeout_kind, None, done_seen=wire is not None and wire.done)
+        except Exception as exc:
+            self.rt.errors("classify", exc)
+            cut = None
         if cut is not None:  # our socket shutdown ended a close-delimited body: not the server's end
             return self._after(cut, None, False)
         if self._skipper is not None:

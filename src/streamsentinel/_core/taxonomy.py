@@ -257,13 +257,18 @@ def watchdog_failure(kind: WatchdogKind) -> Failure:
     return Failure(kind, kind)
 
 
-def watchdog_cut(timeout_kind: WatchdogKind | None, exc: BaseException | None) -> Failure | None:
+def watchdog_cut(
+    timeout_kind: WatchdogKind | None, exc: BaseException | None, *, done_seen: bool = False
+) -> Failure | None:
     """The failure of a read that ended after the watchdog marked the stream (``timeout_kind``)
     and shut its socket: who ended the stream decides the reason. The SDK then raises
     ``APIConnectionError`` (a body framed by chunks or a length, cut short), or ends cleanly
     (``exc`` None: on a close-delimited body the shutdown reads as the body's end). None when no
-    deadline ran out, or the read raised something else."""
-    if timeout_kind is None or not (exc is None or isinstance(exc, openai.APIConnectionError)):
+    deadline ran out, the read raised something else, or ``data: [DONE]`` had arrived
+    (``done_seen``: the SDK had ended the stream; it only drains the body then, errors ignored)."""
+    if timeout_kind is None or done_seen:
+        return None
+    if exc is not None and not isinstance(exc, openai.APIConnectionError):
         return None
     return watchdog_failure(timeout_kind)
 
