@@ -2,7 +2,9 @@
 
 `ScriptedServer` answers every POST with the same scripted body: a list of parts, each either raw
 bytes (written as one HTTP/1.1 chunk and flushed) or a `Gate` (the server stops there until the
-test releases it). It counts the requests it received.
+test releases it). It counts the requests it received. ``framing="close"`` answers HTTP/1.0-style
+instead: no Content-Length, no chunked framing, the body ends when the server closes the socket
+(old servers, some proxies). ``head``: a `Gate` passed before the response headers are sent.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import threading
 from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 __all__ = ["DONE", "Gate", "ScriptedServer", "chat_chunk", "event", "responses_event", "sse"]
 
@@ -86,11 +88,17 @@ class _Handler(BaseHTTPRequestHandler):
             self.rfile.read(length)
         owner = self.server.owner
         owner._arrived()
+        chunked = owner.framing == "chunked"
         try:
+            if owner.head is not None:
+                owner.head._pass()
+            if not chunked:
+                self.protocol_version = "HTTP/1.0"  # the status line's version
             self.send_response(200)
             self.send_header("content-type", owner.content_type)
             self.send_header("x-request-id", "req_defect")
-            self.send_header("transfer-encoding", "chunked")
+            if chunked:
+                self.send_header("transfer-encoding", "chunked")
             self.send_header("connection", "close")
             self.end_headers()
             self.wfile.flush()
@@ -98,10 +106,11 @@ class _Handler(BaseHTTPRequestHandler):
                 if isinstance(part, Gate):
                     part._pass()
                     continue
-                self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part) if chunked else part)
                 self.wfile.flush()
-            self.wfile.write(b"0\r\n\r\n")
-            self.wfile.flush()
+            if chunked:
+                self.wfile.write(b"0\r\n\r\n")
+                self.wfile.flush()
         except OSError:
             pass  # the client went away
         self.close_connection = True
@@ -119,10 +128,17 @@ class ScriptedServer:
     """Serves ``parts`` to every request on 127.0.0.1 (a port of its own); a context manager."""
 
     def __init__(
-        self, parts: Sequence[Part], *, content_type: str = "text/event-stream; charset=utf-8"
+        self,
+        parts: Sequence[Part],
+        *,
+        content_type: str = "text/event-stream; charset=utf-8",
+        framing: Literal["chunked", "close"] = "chunked",
+        head: Gate | None = None,
     ) -> None:
         self.parts = list(parts)
         self.content_type = content_type
+        self.framing = framing
+        self.head = head
         self._requests = 0
         self._lock = threading.Lock()
         self._server = _Server(("127.0.0.1", 0), _Handler)
@@ -150,7 +166,7 @@ class ScriptedServer:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        for part in self.parts:
+        for part in [self.head, *self.parts]:
             if isinstance(part, Gate):
                 part.release()
         self._server.shutdown()

@@ -118,7 +118,7 @@ def instrument(
 
     Calling it again with the same options does nothing; with different options it reconfigures:
     streams opened from then on use the new options (and sinks), streams already open finish with
-    the ones they started with.
+    the ones they started with (their ``first_token_timeout``/``stall_timeout`` included).
 
     Args:
         registry: the ``prometheus_client.CollectorRegistry`` for the Prometheus sink (default:
@@ -208,8 +208,9 @@ def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
 
 def uninstrument() -> None:
     """Restore the ``openai`` package exactly; new streams are plain ``openai.Stream`` objects again.
-    Streams opened before still finish their accounting. Stops streamsentinel's watchdog thread.
-    Idempotent."""
+    Streams opened before (or being opened) still finish their accounting, and keep their
+    ``first_token_timeout``/``stall_timeout``: streamsentinel's watchdog thread ends after the last
+    of them (before this returns when none is open). Idempotent."""
     global _active
     with _lock:
         from ._sdk import hooks, patching

@@ -51,7 +51,8 @@ class StreamTruncatedError(openai.APIConnectionError):
 
 class StreamTimeoutError(openai.APITimeoutError):
     """streamsentinel's own ``first_token_timeout`` or ``stall_timeout`` ran out, and it closed the
-    stream (the SDK then saw a connection cut, which is ``__cause__``).
+    stream (the SDK then saw a connection cut, which is ``__cause__``; None when the body was
+    close-delimited: without Content-Length or chunked framing the cut reads as its end).
 
     A subclass of ``openai.APITimeoutError``: code that handles the SDK's timeouts handles this.
 

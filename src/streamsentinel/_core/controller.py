@@ -38,7 +38,7 @@ from .taxonomy import (
     end_failure,
     is_cancellation,
     outcome_of,
-    watchdog_failure,
+    watchdog_cut,
 )
 
 STOP: Any = StopIteration
@@ -171,6 +171,15 @@ class StreamController(Endings):
         if self.closed:  # the consumer's close ended it
             self._closed_under_read(None)
             return None
+        s = self.s
+        try:
+            wire = s.wire
+            cut = watchdog_cut(s.timeout_kind, None, done_seen=wire is not None and wire.done)
+        except Exception as exc:
+            self.rt.errors("classify", exc)
+            cut = None
+        if cut is not None:  # our socket shutdown ended a close-delimited body: not the server's end
+            return self._after(cut, None, False)
         if self._skipper is not None:
             short = self._skipper.unfinished()
             if short is not None:
@@ -224,10 +233,7 @@ class StreamController(Endings):
         self._end_with(exc)
 
     def _raised_failure(self, exc: BaseException) -> Failure:
-        kind = self.s.timeout_kind
-        if kind is not None and isinstance(exc, openai.APIConnectionError):
-            return watchdog_failure(kind)  # type: ignore[arg-type]
-        failure = classify_stream_exception(exc)
+        failure = watchdog_cut(self.s.timeout_kind, exc) or classify_stream_exception(exc)
         assert failure is not None  # cancellations were handled
         if failure.reason == "in_stream_error" and isinstance(exc, openai.APIError):
             code = exc.code if isinstance(exc.code, str) else None
@@ -249,9 +255,10 @@ class StreamController(Endings):
         return None
 
     def _end_failed(self, failure: Failure, exc: BaseException | None, complete: bool) -> None:
-        kind = self.s.timeout_kind
-        if exc is not None and kind is not None and isinstance(exc, openai.APIConnectionError):
-            self._end_with(self._timed_out(kind, exc))  # our watchdog cut it: say so
+        # Decided from the failure (``watchdog_cut`` made it), not from the connection's state: a
+        # resume that failed to open has already forgotten the broken connection's.
+        if failure.deadline:
+            self._end_with(self._timed_out(failure.error_type, exc))  # our watchdog cut it: say so
         elif exc is not None:
             self._end_with(exc)  # what the SDK raised, unchanged
         elif not complete and self.rt.settings.on_truncation == "raise":

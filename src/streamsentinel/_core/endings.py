@@ -106,12 +106,15 @@ class Endings(Reopening):
         if self.ended:
             return
         self.ended = True
+        self.rt.watchdog.unwatch(self)  # it may have been adopted: a watched stream keeps a thread
         self._give_back("ignored")
         self.rt.emitter.discard(self.stream, self.handles)
 
     # -- classification helpers --------------------------------------------------------------------
 
-    def _timed_out(self, kind: str, cause: BaseException) -> BaseException:
+    def _timed_out(self, kind: str, cause: BaseException | None) -> BaseException:
+        """``StreamTimeoutError`` from the settings of the stream's own runtime; ``cause``: what the
+        SDK raised when the socket was shut (None: a close-delimited body just ended)."""
         settings = self.rt.settings
         timeout = settings.first_token_timeout if kind == "first_token_timeout" else settings.stall_timeout
         error = errors.StreamTimeoutError(kind=kind, timeout=timeout, request=self._request())

@@ -347,8 +347,10 @@ class Runtime:
             self.errors("logging", exc)
 
     def close(self) -> None:
-        """Stop the watchdog thread and tell the sinks (``uninstrument()``)."""
-        self.watchdog.stop()
+        """No new stream begins on this runtime (``uninstrument()``, a reconfiguring
+        ``instrument()``); the streams already open finish with its options, their deadlines
+        included (the watchdog's thread ends after the last of them). Tells the sinks."""
+        self.watchdog.close()
         if self.fleet is not None:
             self.fleet.close()
         self.emitter.close()

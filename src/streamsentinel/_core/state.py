@@ -13,6 +13,7 @@ from .taxonomy import (
     Failure,
     Operation,
     TruncationReason,
+    WatchdogKind,
     classify_in_stream_event,
     is_complete,
     silent_reason,
@@ -81,7 +82,7 @@ class StreamState:
         """A new HTTP stream for the same request (a resume): forget the connection's facts."""
         self.wire: Wire | None = None
         self.is_sse = True  # the response declared text/event-stream
-        self.timeout_kind: str | None = None  # set by the watchdog when it closed the stream
+        self.timeout_kind: WatchdogKind | None = None  # set by the watchdog when it closed the stream
         self.read_at = 0.0  # when the consumer's pending read began (0: not reading)
         self.terminal: str | None = None
         self.in_stream_error: tuple[str | None, str] | None = None

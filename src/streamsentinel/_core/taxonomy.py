@@ -99,6 +99,8 @@ RETRYABLE: frozenset[str] = frozenset(
 NOT_FOR_BREAKER: frozenset[str] = frozenset({"quota_exhausted", "request_too_large", "client_error"})
 # Failures the circuit breaker records as timeouts (its timeout-streak rule).
 TIMEOUT_ERRORS: frozenset[str] = frozenset({"timeout", "connect_timeout", "first_token_timeout", "stall"})
+# streamsentinel's own deadlines (the watchdog's kinds of timeout).
+DEADLINE_ERRORS: frozenset[str] = frozenset({"first_token_timeout", "stall"})
 
 REJECTED_ERROR_TYPE = "circuit_open"
 """``error.type`` of a call an open breaker rejected (a span/metric attribute, not an ``ErrorType``:
@@ -138,6 +140,11 @@ class Failure:
     def is_timeout(self) -> bool:
         """A timeout of any kind (the breaker's timeout-streak rule)."""
         return self.error_type in TIMEOUT_ERRORS
+
+    @property
+    def deadline(self) -> bool:
+        """One of streamsentinel's own deadlines ran out (``StreamTimeoutError`` surfaces it)."""
+        return self.error_type in DEADLINE_ERRORS
 
     @property
     def silent(self) -> bool:
@@ -248,6 +255,22 @@ WatchdogKind = Literal["first_token_timeout", "stall"]
 def watchdog_failure(kind: WatchdogKind) -> Failure:
     """streamsentinel's own ``first_token_timeout`` or ``stall_timeout`` closed the stream."""
     return Failure(kind, kind)
+
+
+def watchdog_cut(
+    timeout_kind: WatchdogKind | None, exc: BaseException | None, *, done_seen: bool = False
+) -> Failure | None:
+    """The failure of a read that ended after the watchdog marked the stream (``timeout_kind``)
+    and shut its socket: who ended the stream decides the reason. The SDK then raises
+    ``APIConnectionError`` (a body framed by chunks or a length, cut short), or ends cleanly
+    (``exc`` None: on a close-delimited body the shutdown reads as the body's end). None when no
+    deadline ran out, the read raised something else, or ``data: [DONE]`` had arrived
+    (``done_seen``: the SDK had ended the stream; it only drains the body then, errors ignored)."""
+    if timeout_kind is None or done_seen:
+        return None
+    if exc is not None and not isinstance(exc, openai.APIConnectionError):
+        return None
+    return watchdog_failure(timeout_kind)
 
 
 def silent_end_failure(reason: TruncationReason) -> Failure:

@@ -13,8 +13,11 @@ first token, the current attempt's start + ``first_token_timeout``; stall, the s
 + ``stall_timeout``. Before the response headers the SDK's own timeouts apply.
 
 The thread only reads the controllers' fields and sets one (``state.timeout_kind``, a single
-reference store, before it shuts the socket); ``uninstrument()`` stops it (:meth:`Watchdog.stop`).
-The clock is injectable for tests.
+reference store, before it shuts the socket). Its life follows the streams it watches, not the
+runtime's: a closed watchdog (``uninstrument()``, a reconfiguring ``instrument()``:
+:meth:`Watchdog.close`) goes on enforcing the deadlines of the streams it watches, including one
+adopted after the close by a ``create()`` that was under way, and its thread ends once it watches
+none. The clock is injectable for tests.
 """
 
 from __future__ import annotations
@@ -36,7 +39,8 @@ def _socket_of(response: Any) -> Any:
 
 
 class Watchdog:
-    """The deadline thread; start it with :meth:`watch`, stop it with :meth:`stop`."""
+    """The deadline thread; :meth:`watch` starts it, it ends after :meth:`close` and the last
+    :meth:`unwatch`."""
 
     def __init__(
         self,
@@ -53,36 +57,47 @@ class Watchdog:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
+        self._closed = False
 
     @property
     def enabled(self) -> bool:
         return self.first_token_timeout is not None or self.stall_timeout is not None
 
     def watch(self, ctl: Any) -> None:
-        """Start enforcing the deadlines of ``ctl`` (its response headers have arrived)."""
+        """Start enforcing the deadlines of ``ctl`` (its response headers have arrived); closed or
+        not: a stream that began before the close keeps its deadlines."""
         with self._lock:
             self._watched.add(ctl)
             if self._thread is None:
-                self._wake.clear()
                 self._thread = threading.Thread(target=self._run, name="streamsentinel-watchdog", daemon=True)
                 self._thread.start()
 
     def unwatch(self, ctl: Any) -> None:
         with self._lock:
             self._watched.discard(ctl)
+            if not self._closed or self._watched or self._thread is None:
+                return
+        self._wake.set()  # closed and nothing left to watch: the thread ends now
 
-    def stop(self) -> None:
-        """Stop the thread (it is started again by the next :meth:`watch`)."""
+    def close(self) -> None:
+        """No new stream begins on this watchdog's runtime. The streams it watches keep their
+        deadlines; its thread ends after the last of them (at once when none: joined here)."""
         with self._lock:
-            thread, self._thread = self._thread, None
-            self._watched.clear()
+            self._closed = True
+            idle = None if self._watched else self._thread
         self._wake.set()
-        if thread is not None:
-            thread.join(timeout=5)
+        if idle is not None:
+            idle.join(timeout=5)
 
     def _run(self) -> None:
-        while not self._wake.wait(self.interval):
+        wake = self._wake
+        while True:
+            if wake.wait(self.interval):
+                wake.clear()  # a close() or the last unwatch(): look at once, then poll on
             with self._lock:
+                if self._closed and not self._watched:
+                    self._thread = None  # under the lock: a later watch() starts another thread
+                    return
                 watched = list(self._watched)
             now = self.clock()
             for ctl in watched:
