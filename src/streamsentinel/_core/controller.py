@@ -227,7 +227,7 @@ class StreamController(Endings):
         its close, and the read ends as the SDK's did (``exc``, None: the iterator's end). Held
         items are handed out first after a close (the plain SDK had delivered them before the
         read), dropped for a cancellation (it propagates at once)."""
-        if is_cancellation(exc):
+        if exc is not None and is_cancellation(exc):
             self.held.clear()
         self.on_close()
         self._end_with(exc)
