@@ -589,6 +589,52 @@ def test_seeded_plan_gives_the_same_sequence_through_the_server() -> None:
     assert len(set(first)) > 3
 
 
+def test_a_seed_decides_each_request_ids_faults_whatever_the_arrival_order() -> None:
+    """The demo's logical requests carry ``x-client-request-id``; concurrent workers send them in
+    an order that changes from run to run: the same seed still gives each the same faults, and a
+    retry of the same id (its next attempt) a fresh draw."""
+
+    def decide(
+        order: list[tuple[str, int]], seed: int = 5
+    ) -> dict[tuple[str, int], tuple[Fault, int | None]]:
+        plan = FaultPlan(weights=FAST_MIX, seed=seed, after_range=(1, 9))
+        out = {}
+        for request_id, attempt in order:
+            spec = plan.decide({"x-client-request-id": request_id}).spec
+            out[(request_id, attempt)] = (spec.fault, spec.after)
+        return out
+
+    arrivals = [(f"demo-{i}", attempt) for attempt in range(3) for i in range(60)]
+    # Another interleaving: the ids in reverse, each id's attempts still in their order.
+    shuffled = [(f"demo-{i}", attempt) for i in reversed(range(60)) for attempt in range(3)]
+    first = decide(arrivals)
+    assert first == decide(shuffled)
+    assert first != decide(arrivals, seed=6)
+    assert len({fault for fault, _ in first.values()}) > 3
+    assert any(first[(f"demo-{i}", 0)] != first[(f"demo-{i}", 1)] for i in range(60))
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--port", "99999"], "argument --port: not a port (0-65535): 99999"),
+        (["--port", "x"], "argument --port: not an integer: 'x'"),
+        (["--after-min", "5", "--after-max", "2"], "--after-min 5 is above --after-max 2"),
+        (["--chunks", "0"], "argument --chunks: must be >= 1, got 0"),
+        (["--stall-seconds", "-1"], "argument --stall-seconds: must be >= 0 seconds, got -1"),
+    ],
+)
+def test_bad_arguments_are_one_usage_error(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(args)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1] == f"streamsentinel chaos-server: error: {message}"
+    assert "Traceback" not in err
+
+
 def test_script_then_random_and_sdk_retries_get_fresh_decisions() -> None:
     plan = FaultPlan(script=[FaultSpec(Fault.RATE_LIMIT_REQUESTS), Fault.SERVER_ERROR])
     with ChaosServer(plan) as srv, sync_client(srv, retries=2) as client:

@@ -163,7 +163,7 @@ def test_instrumentor_twice_then_uninstrument(chaos: ChaosServer) -> None:
 
 def test_broken_setting_does_not_stop_the_app(chaos: ChaosServer) -> None:
     env = _env(chaos, STREAMSENTINEL_RETRY_ATTEMPTS="abc")
-    proc = _run([*_launcher(), "run", "--metrics-port", "0", "--", sys.executable, "-c", APP], env)
+    proc = _run([*_launcher(), "run", "--no-metrics", "--", sys.executable, "-c", APP], env)
     assert proc.returncode == 0, proc.stderr
     # Logged once by instrument() (through logging, on stderr: structlog was not configured yet).
     assert proc.stderr.count("config.invalid_env") == 1 and "config.invalid_env" not in proc.stdout
@@ -185,7 +185,7 @@ def test_chains_the_next_sitecustomize(tmp_path: Path, broken: bool) -> None:
     other = tmp_path / "sitecustomize.py"
     other.write_text(body)
     env = _env(PYTHONPATH=str(tmp_path))
-    proc = _run([*_launcher(), "run", "--metrics-port", "0", "--", sys.executable, "-c", WHO_LOADED], env)
+    proc = _run([*_launcher(), "run", "--no-metrics", "--", sys.executable, "-c", WHO_LOADED], env)
     ours = str(Path(BOOTSTRAP_DIR, "sitecustomize.py"))
     if broken:
         assert (proc.returncode, proc.stdout) == (0, f"{ours}\nNone\nTrue\n"), proc.stderr
@@ -208,7 +208,7 @@ def test_child_environ_puts_bootstrap_first_once() -> None:
 
 
 def test_run_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
-    assert run_main(["--metrics-port", "0"]) == 2
+    assert run_main(["--no-metrics"]) == 2
     assert run_main(["--", "streamsentinel-no-such-command-xyz"]) == 127
     assert "command not found" in capsys.readouterr().err
     with pytest.raises(SystemExit):
@@ -228,13 +228,20 @@ print(type(sys.modules["sitecustomize"].chained).__name__)
 """
 
 
-@pytest.mark.parametrize("port", ["0", "free"])
+@pytest.mark.parametrize("port", ["none", "0", "free"])
 def test_process_without_openai_loads_nothing_heavy(port: str) -> None:
-    metrics_port = str(_free_port()) if port == "free" else port
-    argv = [*_launcher(), "run", "--metrics-port", metrics_port, "--", sys.executable, "-c", HEAVY]
+    serving = (
+        ["--no-metrics"]
+        if port == "none"
+        else ["--metrics-port", str(_free_port()) if port == "free" else port]
+    )
+    argv = [*_launcher(), "run", *serving, "--", sys.executable, "-c", HEAVY]
     proc = _run(argv, _env())
     assert (proc.returncode, proc.stdout) == (0, "NoneType\n[]\nFalse\n"), proc.stderr
     assert _reports(proc.stderr) == []
+    named = [line for line in proc.stderr.splitlines() if line.startswith("streamsentinel run: serving ")]
+    # --metrics-port 0 is a free port (as for the demo), named once on stderr.
+    assert len(named) == (1 if port == "0" else 0), proc.stderr
 
 
 ONCE = """
@@ -258,7 +265,7 @@ print(streamsentinel.is_instrumented(), sys.modules["sitecustomize"].instrument_
 )
 def test_importing_openai_instruments_exactly_once(imports: str) -> None:
     # (Importing streamsentinel alone imports no openai: nothing is instrumented until openai is.)
-    argv = [*_launcher(), "run", "--metrics-port", "0", "--", sys.executable, "-c"]
+    argv = [*_launcher(), "run", "--no-metrics", "--", sys.executable, "-c"]
     proc = _run([*argv, ONCE.format(imports=imports)], _env())
     assert (proc.returncode, proc.stdout) == (0, "True 1\n"), proc.stderr
     assert _reports(proc.stderr) == []

@@ -5,8 +5,8 @@ truncations detected and classified, Prometheus and OpenTelemetry metrics, one O
 per stream and structlog events. ``uninstrument()`` restores the SDK exactly.
 
 Public surface: :func:`instrument`, :func:`uninstrument`, :func:`is_instrumented`,
-:func:`start_metrics_server`, the errors, :class:`BreakerConfig` (and its ``State`` and
-``SlidingWindowType``), ``__version__``; ``streamsentinel.instrumentation`` (the ``Sink``
+:func:`start_metrics_server`, the errors and :func:`find_truncation`, :class:`BreakerConfig` (and
+its ``State`` and ``SlidingWindowType``), ``__version__``; ``streamsentinel.instrumentation`` (the ``Sink``
 protocol and the records), ``streamsentinel.testing`` and ``streamsentinel.otel_instrumentor``.
 Every other module is private.
 """
@@ -26,11 +26,17 @@ if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
     from prometheus_client import CollectorRegistry
 
-    from ._core.config import ChunkEvents, OnTruncation
+    from ._core.config import ChunkEvents, Mode, OnTruncation
     from ._resilience.circuit import BreakerKey, Fallback
     from ._resilience.resume import ResumeStrategy
     from ._resilience.store import BreakerStore
-    from .errors import CircuitOpenError, StreamDivergedError, StreamTimeoutError, StreamTruncatedError
+    from .errors import (
+        CircuitOpenError,
+        StreamDivergedError,
+        StreamTimeoutError,
+        StreamTruncatedError,
+        find_truncation,
+    )
     from .metrics_server import start_metrics_server
 
 _LAZY = {
@@ -38,6 +44,7 @@ _LAZY = {
     "StreamDivergedError": "errors",
     "StreamTimeoutError": "errors",
     "StreamTruncatedError": "errors",
+    "find_truncation": "errors",
     "start_metrics_server": "metrics_server",
 }
 
@@ -50,6 +57,7 @@ __all__ = [
     "StreamTimeoutError",
     "StreamTruncatedError",
     "__version__",
+    "find_truncation",
     "instrument",
     "is_instrumented",
     "start_metrics_server",
@@ -81,6 +89,7 @@ def __getattr__(name: str) -> Any:
 
 def instrument(
     *,
+    mode: Mode | None = None,
     registry: CollectorRegistry | None = None,
     tracer_provider: TracerProvider | None = None,
     meter_provider: MeterProvider | None = None,
@@ -102,7 +111,7 @@ def instrument(
     resume: ResumeStrategy | None = None,
     done_marker: str | Mapping[str, str] | None = None,
     breaker: BreakerConfig | None = None,
-    breaker_key: BreakerKey | None = None,
+    breaker_key: BreakerKey | str | None = None,
     breaker_fallback: Fallback | None = None,
     breaker_store: BreakerStore | None = None,
     redis_url: str | None = None,
@@ -121,12 +130,17 @@ def instrument(
     the ones they started with (their ``first_token_timeout``/``stall_timeout`` included).
 
     Args:
+        mode: ``"protect"`` (default) or ``"observe"``: observe changes nothing the consumer sees
+            (no raised truncation, no retries, no resume, no pauses, the breaker in ``shadow``);
+            the options below still refine it (``STREAMSENTINEL_MODE``). Adopt with ``observe``,
+            read the dashboard, then protect.
         registry: the ``prometheus_client.CollectorRegistry`` for the Prometheus sink (default:
             the global ``REGISTRY``).
         tracer_provider: OpenTelemetry ``TracerProvider`` for spans (default: the global one).
         meter_provider: OpenTelemetry ``MeterProvider`` for the GenAI semconv client metrics and
             streamsentinel's own (default: the global one).
-        sinks: more sinks (``streamsentinel.instrumentation.Sink``) besides the built-in ones.
+        sinks: more sinks (``streamsentinel.instrumentation.Sink``, e.g. subclasses of ``BaseSink``)
+            besides the built-in ones; each is checked against the protocol here.
         on_truncation: ``"raise"`` (default) raises :class:`StreamTruncatedError` where the SDK would
             end a truncated stream silently; ``"record"`` only records it.
         capture_content: put completion text on spans/logs (default False: never).
@@ -150,8 +164,8 @@ def instrument(
             (key ``"*"``: the others).
         breaker: the circuit breaker's ``BreakerConfig`` (default: ``STREAMSENTINEL_BREAKER_*``
             variables over Resilience4j's defaults).
-        breaker_key: ``(operation, server, model, request kwargs) -> key`` choosing the breaker
-            (default ``"{server}/{model}"``).
+        breaker_key: ``(operation, server, model, request kwargs) -> key`` choosing the breaker,
+            or a template of those fields: ``"{server}/{model}"`` (the default), ``"{model}"``...
         breaker_fallback: another model name, or ``(request kwargs) -> stream``, serving rejected
             calls; default: raise ``CircuitOpenError``.
         breaker_store: where breaker state lives (default: in this process; in Redis with
@@ -178,7 +192,12 @@ def instrument(
     Each option falls back to its ``STREAMSENTINEL_*`` variable (see ``streamsentinel._core.config``).
 
     Raises:
-        TypeError, ValueError: invalid options (nothing changes then). ``ValueError`` also when a
+        TypeError, ValueError: invalid options (nothing changes then): one line naming the option,
+            the value and what is allowed; options are checked here, never first during an
+            outage. ``STREAMSENTINEL_*`` variables are never fatal: a bad one is logged once and
+            ignored (a bad ``STREAMSENTINEL_REDIS_URL``, or one without the ``redis`` extra, leaves
+            fleet mode off). ``ImportError``: ``redis_url``/``redis_client`` without the ``redis``
+            extra. ``ValueError`` also when a
         metric name is already registered in ``registry`` by someone else (nothing is left
         registered). ``KeyError``/``AttributeError`` if the installed ``openai`` lacks a hooked name
         (nothing is left patched).

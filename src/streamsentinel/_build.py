@@ -11,10 +11,11 @@ import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from . import _options
 from ._core.config import Settings, breaker_config, resolve, warn_unknown_variables
 from ._core.done_marker import POLICIES
 from ._core.lifecycle import Runtime
-from ._core.log import debug_enabled
+from ._core.log import debug_enabled, log
 
 if TYPE_CHECKING:
     from ._resilience.fleet import Fleet
@@ -72,7 +73,9 @@ def build_runtime(options: dict[str, Any]) -> Runtime:
 
     Raises:
         TypeError, ValueError: an invalid option, or a metric name taken in the registry.
+        ImportError: ``redis_url``/``redis_client`` given without the ``redis`` extra.
     """
+    options = _options.check(options)
     done_marker = options.get("done_marker")
     by_server: dict[str, str] = {}
     settings_options = {k: v for k, v in options.items() if k not in _NOT_SETTINGS}
@@ -87,9 +90,16 @@ def build_runtime(options: dict[str, Any]) -> Runtime:
     for server, policy in by_server.items():
         if policy not in POLICIES:
             raise ValueError(f"done_marker[{server!r}]={policy!r}: expected one of {', '.join(POLICIES)}")
-    breaker = breaker_config(options.get("breaker"))
+    breaker = breaker_config(options.get("breaker"), mode=settings.mode)
     sinks = [*default_sinks(options, settings), *options.get("sinks", ())]
     fleet = build_fleet(options, settings)
+    if fleet is None and settings.rate_limit_pause != "off":
+        log.warning(
+            "config.needs_fleet",
+            option="rate_limit_pause",
+            value=settings.rate_limit_pause,
+            why="pauses are shared through Redis: without redis_url/redis_client nothing pauses",
+        )
     return Runtime(
         settings,
         sinks,
@@ -108,19 +118,12 @@ def build_fleet(options: Mapping[str, Any], settings: Settings) -> Fleet | None:
     ``STREAMSENTINEL_REDIS_URL``. Never connects here (the background thread does), so a Redis that
     is down does not stop ``instrument()``; the URL is never logged."""
     client = options.get("redis_client")
-    url = options.get("redis_url") or os.environ.get(REDIS_URL_VARIABLE, "").strip() or None
+    url = options.get("redis_url")
+    kwargs = _fleet_kwargs(settings)
     if client is None and url is None:
-        return None
+        return _fleet_from_environment(kwargs)
     from ._resilience.fleet import Fleet, import_redis
 
-    kwargs: dict[str, Any] = {
-        "prefix": settings.redis_prefix,
-        "refresh_interval": settings.fleet_refresh_interval,
-        "timeout": settings.redis_timeout,
-        "min_processes": settings.fleet_min_processes,
-        "quota_pause": settings.quota_pause_seconds,
-        "pause_mode": settings.rate_limit_pause,
-    }
     if client is not None:
         if not callable(getattr(client, "register_script", None)):
             raise TypeError(f"redis_client={type(client).__qualname__}: expected a redis.Redis client")
@@ -128,11 +131,46 @@ def build_fleet(options: Mapping[str, Any], settings: Settings) -> Fleet | None:
     if not isinstance(url, str):
         raise TypeError("redis_url: expected a string such as redis://host:6379/0")
     redis = import_redis()
+    _check_url(redis, url, "redis_url")
+    return Fleet.from_url(url, **kwargs)
+
+
+def _fleet_kwargs(settings: Settings) -> dict[str, Any]:
+    return {
+        "prefix": settings.redis_prefix,
+        "refresh_interval": settings.fleet_refresh_interval,
+        "timeout": settings.redis_timeout,
+        "min_processes": settings.fleet_min_processes,
+        "quota_pause": settings.quota_pause_seconds,
+        "pause_mode": settings.rate_limit_pause,
+    }
+
+
+def _check_url(redis: Any, url: str, source: str) -> None:
     try:
         redis.connection.parse_url(url)
     except ValueError:
         # The message would hold the URL (and its password): say what is wrong, not what it was.
-        raise ValueError(
-            "redis_url (or STREAMSENTINEL_REDIS_URL): not a Redis URL (redis://, rediss:// or unix://)"
-        ) from None
-    return Fleet.from_url(url, **kwargs)
+        raise ValueError(f"{source}: not a Redis URL (redis://, rediss:// or unix://)") from None
+
+
+def _fleet_from_environment(kwargs: dict[str, Any]) -> Fleet | None:
+    """Fleet mode from ``STREAMSENTINEL_REDIS_URL``; a bad value or a missing ``redis`` extra is
+    logged (never the URL) and leaves fleet mode off, everything else on."""
+    url = os.environ.get(REDIS_URL_VARIABLE, "").strip()
+    if not url:
+        return None
+    try:
+        from ._resilience.fleet import Fleet, import_redis
+
+        redis = import_redis()
+        _check_url(redis, url, REDIS_URL_VARIABLE)
+        return Fleet.from_url(url, **kwargs)
+    except Exception as exc:
+        log.warning(
+            "config.invalid_env",
+            variable=REDIS_URL_VARIABLE,
+            allowed=str(exc)[:200],
+            using_default="no fleet mode (breakers, budget and pauses per process)",
+        )
+        return None

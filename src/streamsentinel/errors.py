@@ -5,7 +5,13 @@ from __future__ import annotations
 import httpx2
 import openai
 
-__all__ = ["CircuitOpenError", "StreamDivergedError", "StreamTimeoutError", "StreamTruncatedError"]
+__all__ = [
+    "CircuitOpenError",
+    "StreamDivergedError",
+    "StreamTimeoutError",
+    "StreamTruncatedError",
+    "find_truncation",
+]
 
 
 class StreamTruncatedError(openai.APIConnectionError):
@@ -122,3 +128,39 @@ def _common_prefix(a: str, b: str) -> int:
 
 NO_REQUEST = httpx2.Request("POST", "http://unknown")
 """The request of an error raised where no response's request is known (private)."""
+
+
+def find_truncation(exc: BaseException | None) -> StreamTruncatedError | None:
+    """The :class:`StreamTruncatedError` behind ``exc``, wherever a framework wrapped it.
+
+    Client frameworks (langchain-openai, litellm, instructor, pydantic-ai...) re-raise the SDK's
+    errors as their own, so ``except StreamTruncatedError`` does not match there; this walks
+    ``exc`` itself, its ``__cause__`` and ``__context__`` chain and the members of exception
+    groups, depth first, each exception once. Returns None when no truncation is in it.
+
+    Example::
+
+        try:
+            answer = chain.invoke(question)
+        except Exception as exc:
+            truncation = streamsentinel.find_truncation(exc)
+            if truncation is None:
+                raise
+            ...  # truncation.reason, truncation.partial_text
+    """
+    seen: set[int] = set()
+    todo: list[BaseException] = [] if exc is None else [exc]
+    while todo:
+        current = todo.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, StreamTruncatedError):
+            return current
+        for linked in (current.__context__, current.__cause__):  # popped cause first
+            if linked is not None:
+                todo.append(linked)
+        members = getattr(current, "exceptions", None)  # ExceptionGroup (3.11+, or the backport)
+        if isinstance(members, (list, tuple)):
+            todo.extend(m for m in reversed(members) if isinstance(m, BaseException))
+    return None

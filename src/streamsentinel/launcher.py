@@ -1,7 +1,7 @@
 """``streamsentinel run``: start a Python service with streamsentinel loaded, without changing its code.
 
-``streamsentinel run [--metrics-port 9464] [--metrics-addr 127.0.0.1] -- COMMAND [ARGS...]`` puts
-the ``_bootstrap`` directory (its ``sitecustomize.py``) first on ``PYTHONPATH``: every Python
+``streamsentinel run [--metrics-port 9464 | --no-metrics] [--metrics-addr 127.0.0.1] -- COMMAND ...``
+puts the ``_bootstrap`` directory (its ``sitecustomize.py``) first on ``PYTHONPATH``: every Python
 interpreter under COMMAND that imports ``openai`` is instrumented at that moment (one that never
 does pays nothing); ``STREAMSENTINEL_*`` variables configure it as usual.
 
@@ -12,14 +12,17 @@ With a metrics port, ``run`` stays COMMAND's parent process:
   alone), so every process and pre-fork worker (gunicorn, ``uvicorn --workers``) writes its
   metrics there;
 * it serves ``/metrics`` itself, summing every process's files (the live gauges of processes that
-  are gone are dropped at each scrape, in its own directory); no worker ever binds the port;
+  are gone are dropped at each scrape, in its own directory); no worker ever binds the port: an
+  application's own :func:`streamsentinel.start_metrics_server` call is answered by logging once
+  that ``run`` serves them (``STREAMSENTINEL_RUN_METRICS`` tells it where) and serves nothing;
+  ``--metrics-port 0`` picks a free port, named in one line on stderr;
 * it forwards the signals a supervisor or an operator sends (TERM, INT, HUP, QUIT, USR1, USR2,
   WINCH, TTIN, TTOU) to COMMAND, but not the ones the terminal already sent to the whole
   foreground process group (Ctrl-C reaches COMMAND once);
 * when COMMAND exits it stops serving, removes its directory and exits with COMMAND's status
   (killed by a signal: it kills itself with the same signal).
 
-With ``--metrics-port 0`` it ``exec``s COMMAND (same PID) and serves nothing.
+With ``--no-metrics`` it ``exec``s COMMAND (same PID) and serves nothing.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ __all__ = ["BOOTSTRAP_DIR", "child_environ", "main"]
 BOOTSTRAP_DIR = str(Path(__file__).resolve().parent / "_bootstrap")
 
 MULTIPROC_VAR = "PROMETHEUS_MULTIPROC_DIR"
+SERVED_VAR = "STREAMSENTINEL_RUN_METRICS"  # where run serves /metrics (http://ADDR:PORT/metrics)
 
 #: forwarded to COMMAND (TSTP is not: the terminal stops the whole group, ``run`` included)
 FORWARDED = tuple(
@@ -95,8 +99,9 @@ def _parser() -> argparse.ArgumentParser:
         type=_port,
         default=9464,
         metavar="PORT",
-        help="serve /metrics on this port; 0: do not serve, exec COMMAND (default: %(default)s)",
+        help="serve /metrics on this port; 0: a free port (default: %(default)s)",
     )
+    parser.add_argument("--no-metrics", action="store_true", help="serve nothing: exec COMMAND (same PID)")
     parser.add_argument(
         "--metrics-addr", default="127.0.0.1", metavar="ADDR", help="bind address (default: %(default)s)"
     )
@@ -122,12 +127,16 @@ def _exec(command: list[str], env: dict[str, str]) -> int:
     return 0  # not reached: execvpe does not return
 
 
-def _serve(port: int, addr: str, path: str, own: bool) -> WSGIServer | None:
-    """Start serving ``path`` summed; on failure report one line and return None."""
+def _serve(port: int, addr: str, path: str, own: bool, env: dict[str, str]) -> WSGIServer | None:
+    """Start serving ``path`` summed and say where in ``env``; on failure report one line and return
+    None."""
     try:
         from .metrics_server import multiprocess_registry, start_metrics_server
 
         server, _ = start_metrics_server(port, addr, multiprocess_registry(path, prune_dead=own))
+        env[SERVED_VAR] = f"http://{addr}:{server.server_port}/metrics"
+        if port == 0:
+            print(f"streamsentinel run: serving {env[SERVED_VAR]}", file=sys.stderr, flush=True)
         return server
     except Exception as exc:
         print(f"streamsentinel: serving /metrics failed: {type(exc).__name__}: {exc}", file=sys.stderr)
@@ -154,7 +163,7 @@ def _wait_forwarding(pid: int) -> int:
 def _supervise(command: list[str], env: dict[str, str], port: int, addr: str, path: str, own: bool) -> int:
     """Serve /metrics, run COMMAND as a child, forward signals; COMMAND's exit code (-N: signal N)."""
     if not hasattr(os, "posix_spawnp") or not hasattr(signal, "sigwaitinfo"):  # not Linux/BSD
-        server = _serve(port, addr, path, own)
+        server = _serve(port, addr, path, own, env)
         try:
             return subprocess.call(command, env=env)
         except OSError as exc:
@@ -164,7 +173,7 @@ def _supervise(command: list[str], env: dict[str, str], port: int, addr: str, pa
     # Blocked before any thread starts, so no thread of ours takes them (the server thread
     # inherits the mask); the child gets an empty mask.
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {*FORWARDED, signal.SIGCHLD})
-    server = _serve(port, addr, path, own)
+    server = _serve(port, addr, path, own, env)
     try:
         sys.stdout.flush()
         sys.stderr.flush()
@@ -216,7 +225,7 @@ def main(argv: Sequence[str]) -> int:
         parser.print_usage(sys.stderr)
         print("streamsentinel run: missing COMMAND (after --)", file=sys.stderr)
         return 2
-    if args.metrics_port == 0:
+    if args.no_metrics:
         return _exec(command, child_environ(os.environ))
     path = os.environ.get(MULTIPROC_VAR, "")
     own = not path

@@ -13,6 +13,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+RUN_SERVES_ENV = "STREAMSENTINEL_RUN_METRICS"  # set by `streamsentinel run` when it serves /metrics
 
 _LIVE_FILE = re.compile(r"gauge_live\w+?_(\d+)\.db")
 
@@ -81,12 +82,56 @@ def start_metrics_server(
     (``prometheus_client.start_http_server`` alone would bind 0.0.0.0). Port 0 picks a free port:
     read it from ``server.server_port``.
 
+    Under ``streamsentinel run`` with a metrics port (``STREAMSENTINEL_RUN_METRICS`` set), ``run``
+    already serves every process's metrics: this logs that once (``metrics.served_by_run``) and
+    binds nothing, so an application that calls it, or each of its pre-fork workers, keeps
+    running; the server returned then does nothing.
+
     Returns:
         ``(server, thread)``; stop with ``server.shutdown(); server.server_close()``.
 
     Raises:
-        OSError: the address is in use or cannot be bound.
+        OSError: the address is in use or cannot be bound (the message names ``addr:port``).
+        ValueError: ``port`` is not an integer in 0..65535.
     """
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ValueError(f"start_metrics_server(port={port!r}): expected an integer port in 0..65535")
+    served = os.environ.get(RUN_SERVES_ENV)
+    if served:
+        return _served_by_run(served)
     if registry is None:
         registry = multiprocess_registry() or REGISTRY
-    return start_http_server(port, addr=addr, registry=registry)
+    try:
+        return start_http_server(port, addr=addr, registry=registry)
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot serve /metrics on {addr}:{port}: {exc.strerror or exc}") from exc
+
+
+class _NoServer:
+    """What :func:`start_metrics_server` returns under ``run``: the server's interface, serving nothing."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        port = url.rsplit(":", 1)[-1].split("/", 1)[0]
+        self.server_port = int(port) if port.isdigit() else 0
+
+    def shutdown(self) -> None:
+        return None
+
+    def server_close(self) -> None:
+        return None
+
+
+_told = False
+
+
+def _served_by_run(url: str) -> tuple[WSGIServer, threading.Thread]:
+    global _told
+    if not _told:
+        _told = True
+        from ._core.log import log
+
+        log.info("metrics.served_by_run", url=url, note="start_metrics_server() serves nothing under run")
+    thread = threading.Thread(target=lambda: None, name="streamsentinel-metrics-noop", daemon=True)
+    thread.start()
+    return _NoServer(url), thread  # type: ignore[return-value]

@@ -7,7 +7,10 @@ under one ``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS`` switch. Disable this one wit
 ``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=openai_streams``.
 
 ``tracer_provider`` and ``meter_provider`` (what ``opentelemetry-instrument`` passes) are used;
-other options come from the ``STREAMSENTINEL_*`` variables. Prometheus metrics go to the global
+other options come from the ``STREAMSENTINEL_*`` variables. The mode defaults to ``observe``
+(OpenTelemetry's convention: an instrumentation does not change behaviour); set
+``STREAMSENTINEL_MODE=protect`` (or pass ``mode="protect"``) for retries, raised truncations and
+the enforcing breaker. Prometheus metrics go to the global
 registry; nothing is served
 unless the application calls :func:`streamsentinel.start_metrics_server` (or runs under
 ``streamsentinel run``).
@@ -15,6 +18,7 @@ unless the application calls :func:`streamsentinel.start_metrics_server` (or run
 
 from __future__ import annotations
 
+import os
 from collections.abc import Collection
 from typing import Any
 
@@ -22,9 +26,16 @@ from typing import Any
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 
 import streamsentinel
+from streamsentinel._core.config import Mode, env_name
 from streamsentinel._sdk.compat import SUPPORTED
 
 __all__ = ["StreamSentinelInstrumentor"]
+
+
+def _default_mode() -> Mode:
+    """``protect`` when ``STREAMSENTINEL_MODE`` says so; anything else: ``observe``."""
+    raw = os.environ.get(env_name("mode"), "").strip().lower()
+    return "protect" if raw == "protect" else "observe"
 
 
 class StreamSentinelInstrumentor(BaseInstrumentor):  # type: ignore[misc]
@@ -36,7 +47,9 @@ class StreamSentinelInstrumentor(BaseInstrumentor):  # type: ignore[misc]
 
     def _instrument(self, **kwargs: Any) -> None:
         streamsentinel.instrument(
-            tracer_provider=kwargs.get("tracer_provider"), meter_provider=kwargs.get("meter_provider")
+            mode=kwargs.get("mode") or _default_mode(),
+            tracer_provider=kwargs.get("tracer_provider"),
+            meter_provider=kwargs.get("meter_provider"),
         )
 
     def _uninstrument(self, **kwargs: Any) -> None:

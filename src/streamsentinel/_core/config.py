@@ -5,6 +5,7 @@ invalid environment value never breaks the host: it is logged once and the defau
 
 | option | variable | values | default |
 |---|---|---|---|
+| ``mode`` | ``STREAMSENTINEL_MODE`` | ``observe``, ``protect`` | ``protect`` |
 | ``on_truncation`` | ``STREAMSENTINEL_ON_TRUNCATION`` | ``raise``, ``record`` | ``raise`` |
 | ``capture_content`` | ``STREAMSENTINEL_CAPTURE_CONTENT`` | ``true``/``false`` | ``false`` |
 | ``chunk_events`` | ``STREAMSENTINEL_CHUNK_EVENTS`` | ``anomalies``, ``all``, ``none`` | ``anomalies`` |
@@ -28,6 +29,11 @@ invalid environment value never breaks the host: it is logged once and the defau
 | ``redis_timeout`` | ``STREAMSENTINEL_REDIS_TIMEOUT`` | seconds > 0 | ``0.25`` |
 | ``quota_pause_seconds`` | ``STREAMSENTINEL_QUOTA_PAUSE_SECONDS`` | seconds > 0 | ``60.0`` |
 
+``mode`` sets the defaults of the options below it: ``observe`` changes nothing the consumer sees
+(``on_truncation="record"``, ``retry_attempts=1``, ``resume="off"``, ``rate_limit_pause="off"``, the
+breaker in ``shadow``: it computes and exports its state but rejects nothing); ``protect`` is the
+table's defaults. An option given, or its variable, still wins over the mode.
+
 Fleet mode (the last six, README "Running a fleet") is on when ``redis_url``/``redis_client`` is given
 or ``STREAMSENTINEL_REDIS_URL`` is set (read in ``_build.py``; its value is never logged).
 
@@ -45,11 +51,13 @@ from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 from .._resilience.breaker_config import DEFAULT_CONFIG as DEFAULT_BREAKER
+from .._resilience.breaker_config import DEFAULT_MODE as DEFAULT_BREAKER_MODE
 from .._resilience.breaker_config import BreakerConfig
 from .._resilience.resume import ResumeStrategy
 from .done_marker import DoneMarker
 from .log import log
 
+Mode = Literal["observe", "protect"]
 OnTruncation = Literal["raise", "record"]
 RateLimitPause = Literal["off", "wait", "reject"]
 ChunkEvents = Literal["anomalies", "all", "none"]
@@ -84,6 +92,7 @@ class Settings:
     fleet_refresh_interval: float = 1.0
     redis_timeout: float = 0.25
     quota_pause_seconds: float = 60.0
+    mode: Mode = "protect"  # last: positional construction keeps its meaning
 
 
 def parse_bool(raw: str) -> bool:
@@ -144,6 +153,7 @@ def _positive(kind: Callable[[str], _T]) -> _Parser:
 
 
 _PARSERS: dict[str, _Parser] = {
+    "mode": _choice("observe", "protect"),
     "on_truncation": _choice("raise", "record"),
     "capture_content": _Parser(parse_bool, "true or false (1/0, yes/no, on/off)"),
     "chunk_events": _choice("anomalies", "all", "none"),
@@ -168,9 +178,21 @@ _PARSERS: dict[str, _Parser] = {
     "quota_pause_seconds": _positive(float),
 }
 
+MODE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "observe": {"on_truncation": "record", "retry_attempts": 1, "resume": "off", "rate_limit_pause": "off"},
+    "protect": {},
+}
+"""What each ``mode`` sets, under explicit options and their variables (the breaker's ``shadow``
+is applied by :func:`breaker_config`)."""
+
 # STREAMSENTINEL_* variables read elsewhere (not options of instrument()).
 OTHER_VARIABLES = frozenset(
-    {"STREAMSENTINEL_METRICS_PORT", "STREAMSENTINEL_METRICS_ADDR", "STREAMSENTINEL_REDIS_URL"}
+    {
+        "STREAMSENTINEL_METRICS_PORT",
+        "STREAMSENTINEL_METRICS_ADDR",
+        "STREAMSENTINEL_REDIS_URL",
+        "STREAMSENTINEL_RUN_METRICS",
+    }
 )
 _warned_unknown = False
 
@@ -197,13 +219,19 @@ def warn_unknown_variables(environ: Mapping[str, str] | None = None) -> list[str
 
 
 def breaker_config(
-    explicit: BreakerConfig | Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
+    explicit: BreakerConfig | Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    *,
+    mode: Mode = "protect",
 ) -> BreakerConfig:
     """The circuit breaker's settings: ``explicit`` if given, else ``BreakerConfig`` defaults
     overridden by ``STREAMSENTINEL_BREAKER_<FIELD>`` variables (e.g. ``..._BREAKER_MODE=shadow``,
     ``..._BREAKER_FAILURE_RATE_THRESHOLD=25``; ``..._SLOW_TTFT_THRESHOLD=0`` means unused). An
-    invalid variable is logged and ignored."""
+    invalid variable is logged and ignored. In ``observe`` mode the default breaker mode is
+    ``shadow``."""
     if isinstance(explicit, BreakerConfig):
+        if mode == "observe" and explicit.mode is DEFAULT_BREAKER_MODE:
+            return dataclasses.replace(explicit, mode="shadow")
         return explicit
     if isinstance(explicit, Mapping):  # BreakerConfig's fields by name
         names = {f.name for f in dataclasses.fields(BreakerConfig)}
@@ -213,13 +241,13 @@ def breaker_config(
                 f"breaker: unknown field(s) {', '.join(map(str, unknown_fields))}; "
                 f"BreakerConfig has {', '.join(sorted(names))}"
             )
-        return BreakerConfig(**explicit)
+        return breaker_config(BreakerConfig(**explicit), mode=mode)
     if explicit is not None:
         raise TypeError(
             f"breaker={explicit!r}: expected a streamsentinel.BreakerConfig (or a mapping of its fields)"
         )
     environ = os.environ if environ is None else environ
-    values: dict[str, Any] = {}
+    values: dict[str, Any] = {"mode": "shadow"} if mode == "observe" else {}
     for field in dataclasses.fields(BreakerConfig):
         var = env_name("breaker_" + field.name)
         if var not in environ:
@@ -269,7 +297,9 @@ def resolve(options: Mapping[str, Any], environ: Mapping[str, str] | None = None
             f"known: {', '.join(sorted(_PARSERS))}"
         )
     values: dict[str, Any] = {}
-    for option, parser in _PARSERS.items():
+    mode_defaults: dict[str, Any] = {}
+    from_env: set[str] = set()
+    for option, parser in _PARSERS.items():  # "mode" first: it sets the others' defaults
         if option in options and options[option] is not None:
             raw = options[option]
             if isinstance(raw, bool) and option == "capture_content":
@@ -283,20 +313,40 @@ def resolve(options: Mapping[str, Any], environ: Mapping[str, str] | None = None
                 raise ValueError(
                     f"streamsentinel option {option}={raw!r}: expected {parser.allowed}"
                 ) from None
-            continue
-        var = env_name(option)
-        if var in environ:
-            try:
-                values[option] = parser.parse(environ[var])
-            except ValueError:
-                _log.warning(
-                    "config.invalid_env",
-                    variable=var,
-                    value=environ[var][:100],
-                    allowed=parser.allowed,
-                    using_default=getattr(DEFAULTS, option),
-                )
-    return Settings(**values)
+        else:
+            var = env_name(option)
+            if var in environ:
+                try:
+                    values[option] = parser.parse(environ[var])
+                    from_env.add(option)
+                except ValueError:
+                    _log.warning(
+                        "config.invalid_env",
+                        variable=var,
+                        value=environ[var][:100],
+                        allowed=parser.allowed,
+                        using_default=mode_defaults.get(option, getattr(DEFAULTS, option)),
+                    )
+        if option == "mode":
+            mode_defaults = MODE_DEFAULTS[values.get("mode", DEFAULTS.mode)]
+    settings = Settings(**{**mode_defaults, **values})
+    if settings.retry_base_delay > settings.retry_max_delay:
+        if {"retry_base_delay", "retry_max_delay"} <= from_env:
+            _log.warning(
+                "config.invalid_env",
+                variable=f"{env_name('retry_base_delay')}, {env_name('retry_max_delay')}",
+                value=f"{settings.retry_base_delay:g} > {settings.retry_max_delay:g}",
+                allowed="retry_base_delay <= retry_max_delay",
+                using_default=f"{DEFAULTS.retry_base_delay:g}, {DEFAULTS.retry_max_delay:g}",
+            )
+            return dataclasses.replace(
+                settings, retry_base_delay=DEFAULTS.retry_base_delay, retry_max_delay=DEFAULTS.retry_max_delay
+            )
+        raise ValueError(
+            f"streamsentinel options retry_base_delay={settings.retry_base_delay:g} and "
+            f"retry_max_delay={settings.retry_max_delay:g}: expected retry_base_delay <= retry_max_delay"
+        )
+    return settings
 
 
 DEFAULTS = Settings()

@@ -38,6 +38,14 @@ class SlidingWindowType(str, Enum):
 
 
 Mode = Literal["enforce", "shadow", "off"]
+
+
+class _DefaultMode(str):
+    """``"enforce"``, told apart from an ``"enforce"`` the user wrote: ``instrument(mode="observe")``
+    turns only the default into ``shadow``."""
+
+
+DEFAULT_MODE: Mode = _DefaultMode("enforce")  # type: ignore[assignment]
 """Initial state: ``enforce`` -> closed, ``shadow`` -> metrics_only, ``off`` -> disabled."""
 
 INITIAL_STATE: dict[str, State] = {
@@ -72,7 +80,8 @@ class BreakerConfig:
     - ``permitted_number_of_calls_in_half_open_state``: probes permitted, and evaluated together.
     - ``timeout_streak_min_seconds``: how long a timeout-only failure run must last before it may
       trip a closed breaker (0: timeouts trip like any failure). See the module docstring.
-    - ``mode``: the initial state (``enforce``, ``shadow``, ``off``).
+    - ``mode``: the initial state (``enforce``, ``shadow``, ``off``); when not given, ``enforce``,
+      or ``shadow`` under ``instrument(mode="observe")``.
     """
 
     failure_rate_threshold: float = 50.0
@@ -87,7 +96,7 @@ class BreakerConfig:
     max_wait_duration_in_open_state: float = 300.0
     permitted_number_of_calls_in_half_open_state: int = 5
     timeout_streak_min_seconds: float = 5.0
-    mode: Mode = "enforce"
+    mode: Mode = DEFAULT_MODE
 
     def __post_init__(self) -> None:
         for name in ("failure_rate_threshold", "slow_call_rate_threshold"):

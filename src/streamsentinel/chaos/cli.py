@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default: %(default)s)")
     parser.add_argument(
-        "--port", type=int, default=8080, help="port, 0 = any free one (default: %(default)s)"
+        "--port", type=_port, default=8080, help="port, 0 = any free one (default: %(default)s)"
     )
     parser.add_argument("--seed", type=int, default=0, help="seeds fault draws and generated text")
     parser.add_argument(
@@ -45,10 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--replay", metavar="DIR", help="serve the NAME.sse/NAME.json recordings in DIR round-robin"
     )
     parser.add_argument(
-        "--chunks", type=int, default=20, help="content pieces per answer (default: %(default)s)"
+        "--chunks", type=_positive, default=20, help="content pieces per answer (default: %(default)s)"
     )
     parser.add_argument(
-        "--stall-seconds", type=float, default=3.0, help="how long stalls last (default: %(default)s)"
+        "--stall-seconds", type=_seconds, default=3.0, help="how long stalls last (default: %(default)s)"
     )
     parser.add_argument(
         "--retry-after-ms",
@@ -77,10 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--quiet", action="store_true", help="do not log one line per request on stderr")
     parser.add_argument(
-        "--after-min", type=int, default=1, help="smallest drawn `after` (default: %(default)s)"
+        "--after-min", type=_non_negative, default=1, help="smallest drawn `after` (default: %(default)s)"
     )
     parser.add_argument(
-        "--after-max", type=int, default=8, help="largest drawn `after` (default: %(default)s)"
+        "--after-max", type=_non_negative, default=8, help="largest drawn `after` (default: %(default)s)"
     )
     return parser
 
@@ -99,6 +99,30 @@ def _non_negative(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _positive(text: str) -> int:
+    value = _non_negative(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = _non_negative(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"not a port (0-65535): {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0.0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be >= 0 seconds, got {text}")
     return value
 
 
@@ -125,8 +149,10 @@ def build_server(args: argparse.Namespace) -> ChaosServer:
     """A (not yet started) server configured from parsed arguments.
 
     Raises:
-        ValueError: bad `--fault-weights`.
+        ValueError: bad `--fault-weights`, `--after-min` above `--after-max`, a bad `--replay`.
     """
+    if args.after_min > args.after_max:
+        raise ValueError(f"--after-min {args.after_min} is above --after-max {args.after_max}")
     template = FaultSpec(stall_seconds=args.stall_seconds, retry_after_ms=args.retry_after_ms)
     if args.fault_weights:
         weights = parse_fault_weights(args.fault_weights)

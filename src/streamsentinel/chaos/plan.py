@@ -195,7 +195,10 @@ class FaultPlan:
     Attributes:
         weights: `{Fault: weight}` for the random draw; empty means always `template` (`none`).
         script: specs consumed one per request in arrival order before random draws start.
-        seed: seeds the `random.Random` of the draws: same seed, same sequence of draws.
+        seed: seeds the draws. A request with an `x-client-request-id` header gets a draw that is a
+            function of (seed, that id, its attempt number) alone, so the same seed gives every
+            logical request the same faults whatever order concurrent requests arrive in; other
+            requests draw in arrival order (same seed, same sequence).
         template: the spec that header values, scripted faults and draws are laid over.
         after_range: if set, random draws also draw `after` uniformly from `[lo, hi]`.
         replay: serve the server's recordings round-robin (per API) when the spec names none.
@@ -262,24 +265,30 @@ class FaultPlan:
         """
         if any(name in headers for name in CHAOS_HEADERS):
             decision = Decision(self._from_headers(headers), DecisionSource.HEADER)
+        elif "x-client-request-id" in headers and not self.pending_script and self.weights:
+            key = f"{headers['x-client-request-id']}\x00{self._attempt(headers)}"
+            decision = self.draw(key)
         else:
             decision = self.draw()
         if self.no_done and not decision.spec.no_done:
             decision = Decision(decision.spec.with_(no_done=True), decision.source)
         return decision
 
-    def draw(self) -> Decision:
-        """The next scripted spec, else the next random draw (ignores headers)."""
+    def draw(self, key: str | None = None) -> Decision:
+        """The next scripted spec, else a random draw (ignores headers): the next of the plan's
+        sequence, or, with ``key``, the one that (seed, key) alone decides."""
         with self._lock:
             if self._queue:
                 return Decision(self._queue.popleft(), DecisionSource.SCRIPT)
             if not self.weights:
                 return Decision(self.template, DecisionSource.RANDOM)
+            # A str seed is hashed with SHA-512 by random.seed: the same in every process and run.
+            rng = self._rng if key is None else random.Random(f"{self.seed}\x00{key}")
             faults = list(self.weights)
-            fault = self._rng.choices(faults, weights=[self.weights[f] for f in faults])[0]
+            fault = rng.choices(faults, weights=[self.weights[f] for f in faults])[0]
             spec = self.template.with_(fault=fault)
             if self.after_range is not None and fault is not Fault.NONE:
-                spec = spec.with_(after=self._rng.randint(*self.after_range))
+                spec = spec.with_(after=rng.randint(*self.after_range))
             return Decision(spec, DecisionSource.RANDOM)
 
     def _from_headers(self, headers: Mapping[str, str]) -> FaultSpec:

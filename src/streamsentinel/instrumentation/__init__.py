@@ -13,7 +13,8 @@ else: not another sink, not a decision, not the consumer's stream):
   ``stream`` is None for events of no stream (breaker events), and ``handle`` None for plain calls;
 - ``end(record, handle)``: the stream ended, classified once, as a frozen :class:`StreamRecord`.
 
-Add a sink by writing one module with a class of this shape and passing an instance to
+Add a sink by writing one module with a class of this shape (subclass :class:`BaseSink` for no-op
+defaults of everything you do not need) and passing an instance to
 ``instrument(sinks=[...])`` (added to the defaults), or registering it in ``default_sinks``.
 """
 
@@ -44,6 +45,7 @@ from ._data import (
 )
 
 __all__ = [
+    "BaseSink",
     "BreakerCall",
     "BreakerRates",
     "BreakerState",
@@ -94,3 +96,28 @@ class Sink(Protocol):
     def event(self, stream: StreamStart | None, event: Event, handle: Any) -> None: ...
 
     def end(self, record: StreamRecord, handle: Any) -> None: ...
+
+
+class BaseSink:
+    """A :class:`Sink` that does nothing: subclass it and override what you need.
+
+    ``name`` defaults to the class name in lower case; ``wants_chunk_gaps`` to False.
+    ``instrument(sinks=[...])`` checks every sink against the protocol (a ``name`` that is a
+    non-empty ``str``, callable ``start``/``event``/``end``), so a malformed one fails at start-up,
+    not during an outage.
+    """
+
+    wants_chunk_gaps: bool = False
+
+    @property
+    def name(self) -> str:
+        return type(self).__name__.lower()
+
+    def start(self, stream: StreamStart) -> Any:
+        return None
+
+    def event(self, stream: StreamStart | None, event: Event, handle: Any) -> None:
+        return None
+
+    def end(self, record: StreamRecord, handle: Any) -> None:
+        return None
