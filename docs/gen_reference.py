@@ -4,8 +4,9 @@ An MkDocs hook (``hooks:`` in ``mkdocs.yml``): a page holding a marker line such
 ``<!-- generated: options -->`` gets that line replaced by the table below it names:
 
 - ``options``: every keyword option of :func:`streamsentinel.instrument` (its signature and the
-  ``Args:`` of its docstring), with its ``STREAMSENTINEL_*`` variable, what ``_core/config.py``'s
-  parser accepts and the :class:`~streamsentinel._core.config.Settings` default;
+  ``Args:`` of its docstring) that has a ``STREAMSENTINEL_*`` variable, with what
+  ``_core/config.py``'s parser accepts and the :class:`~streamsentinel._core.config.Settings`
+  default; ``code-options``: the others (objects and callables);
 - ``breaker``: every :class:`streamsentinel.BreakerConfig` field, its variable and default;
 - ``prometheus``: every family ``instrumentation/_prometheus.py`` defines (name as exposed, type,
   labels, buckets, help);
@@ -19,6 +20,7 @@ option, field, family and instrument of the code is in the rendered pages.
 from __future__ import annotations
 
 import dataclasses
+import html
 import inspect
 import re
 import sys
@@ -26,7 +28,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 NONE = "\N{EN DASH}"  # an empty cell
-MARKER = re.compile(r"^<!-- generated: (\w+) -->$", re.MULTILINE)
+MARKER = re.compile(r"^<!-- generated: ([\w-]+) -->$", re.MULTILINE)
 
 # What the OTel instruments carry beyond the common attributes, and their Prometheus family: the
 # code creates the instruments, this says what they record (tests/test_docs.py fails when an
@@ -42,13 +44,22 @@ OTEL_NOTES: dict[str, tuple[str, str]] = {
         "same as above; one value per gap between consecutive chunks",
         "",
     ),
-    "gen_ai.client.token.usage": ("same as above + `gen_ai.token.type` (`input`, `output`)", ""),
-    "streamsentinel.stream.requests": ("`streamsentinel.outcome`", "openai_stream_requests_total"),
+    "gen_ai.client.token.usage": (
+        "same as above + `gen_ai.token.type` (`input`, `output`)",
+        "",
+    ),
+    "streamsentinel.stream.requests": (
+        "`streamsentinel.outcome`",
+        "openai_stream_requests_total",
+    ),
     "streamsentinel.stream.truncations": (
         "`streamsentinel.truncation.reason`",
         "openai_stream_truncations_total",
     ),
-    "streamsentinel.stream.errors": ("`error.type`", "openai_stream_errors_total"),
+    "streamsentinel.stream.errors": (
+        "`error.type`",
+        "openai_stream_errors_total",
+    ),
     "streamsentinel.stream.retries": (
         "`streamsentinel.retry.layer`, `streamsentinel.retry.reason`",
         "openai_stream_retries_total",
@@ -74,9 +85,18 @@ OTEL_NOTES: dict[str, tuple[str, str]] = {
         "`streamsentinel.outcome` (every outcome, `rejected` included)",
         "openai_stream_duration_seconds",
     ),
-    "streamsentinel.stream.time_to_first_token": ("", "openai_stream_time_to_first_token_seconds"),
-    "streamsentinel.stream.max_chunk_gap": ("", "openai_stream_max_chunk_gap_seconds"),
-    "streamsentinel.stream.rejections": ("`streamsentinel.reject.reason`", "openai_stream_rejections_total"),
+    "streamsentinel.stream.time_to_first_token": (
+        "",
+        "openai_stream_time_to_first_token_seconds",
+    ),
+    "streamsentinel.stream.max_chunk_gap": (
+        "",
+        "openai_stream_max_chunk_gap_seconds",
+    ),
+    "streamsentinel.stream.rejections": (
+        "`streamsentinel.reject.reason`",
+        "openai_stream_rejections_total",
+    ),
     "streamsentinel.breaker.transitions": (
         "`streamsentinel.breaker.name`, `streamsentinel.breaker.from_state`, "
         "`streamsentinel.breaker.to_state`",
@@ -103,7 +123,10 @@ OTEL_NOTES: dict[str, tuple[str, str]] = {
         "`streamsentinel.breaker.name` (no point while the rate is undefined)",
         "openai_stream_circuit_slow_call_rate",
     ),
-    "streamsentinel.store.errors": ("`streamsentinel.store.operation`", "openai_stream_store_errors_total"),
+    "streamsentinel.store.errors": (
+        "`streamsentinel.store.operation`",
+        "openai_stream_store_errors_total",
+    ),
     "streamsentinel.store.fallback": ("", "openai_stream_store_fallback"),
 }
 
@@ -151,32 +174,60 @@ def docstring_args(func: Callable[..., Any]) -> dict[str, str]:
     return args
 
 
-def options_table() -> str:
-    """Every keyword option of ``instrument()``: variable, accepted values, default, meaning."""
+def _long(name: str) -> str:
+    """A long identifier as inline code that may wrap after ``_`` and ``.`` (never inside a word)."""
+    return (
+        "<code>" + re.sub(r"([_.])", r"\1<wbr>", html.escape(name)) + "</code>"
+    )
+
+
+def _options() -> Iterator[tuple[str, str | None, str, str]]:
+    """(option, variable or None, default, meaning with what it accepts) in signature order."""
     import streamsentinel
     from streamsentinel._core import config
 
     described = docstring_args(streamsentinel.instrument)
-    rows = []
-    for name, param in inspect.signature(streamsentinel.instrument).parameters.items():
+    for name, param in inspect.signature(
+        streamsentinel.instrument
+    ).parameters.items():
         if param.kind is not inspect.Parameter.KEYWORD_ONLY:
             continue
+        meaning = _md(described.get(name, ""))
         parser = config._PARSERS.get(name)
-        variable = config.env_name(name)
+        variable: str | None = config.env_name(name)
+        default = NONE
         if parser is not None:
-            values = parser.allowed
             default = _code(getattr(config.DEFAULTS, name))
-        else:
-            values, default = NONE, NONE
-        if name == "breaker":
-            variable = "`STREAMSENTINEL_BREAKER_<FIELD>`"
-            values, default = "a `BreakerConfig` or a mapping of its fields", "see below"
-        elif parser is None and variable not in config.OTHER_VARIABLES:
-            variable = NONE
-        else:
-            variable = f"`{variable}`"
-        rows.append((f"`{name}`", variable, _md(values), default, _md(described.get(name, ""))))
-    return _table(("option", "variable", "values", "default", "meaning"), rows)
+            meaning += f" *Accepts* {_md(parser.allowed)}."
+        elif name == "breaker":
+            variable = "STREAMSENTINEL_BREAKER_<FIELD>"
+            default = "[below](#circuit-breaker-settings)"
+            meaning += (
+                " *Accepts* a `BreakerConfig` or a mapping of its fields."
+            )
+        elif variable not in config.OTHER_VARIABLES:
+            variable = None
+        yield name, variable, default, meaning
+
+
+def options_table() -> str:
+    """The options that also read a ``STREAMSENTINEL_*`` variable: variable, default, meaning."""
+    rows = [
+        (f"`{name}`", _long(variable), default, meaning)
+        for name, variable, default, meaning in _options()
+        if variable is not None
+    ]
+    return _table(("option", "variable", "default", "meaning"), rows)
+
+
+def code_options_table() -> str:
+    """The options only code can give (objects, callables): meaning."""
+    rows = [
+        (f"`{name}`", meaning)
+        for name, variable, _, meaning in _options()
+        if variable is None
+    ]
+    return _table(("option", "meaning"), rows)
 
 
 def _field_docs(doc: str) -> Iterator[str]:
@@ -209,7 +260,8 @@ def breaker_table() -> str:
         text = text.removeprefix(f"``{field.name}``: ")
         default = getattr(defaults, field.name)
         shown = "none (unused)" if default is None else _code(default)
-        rows.append((f"`{field.name}`", f"`{config.env_name('breaker_' + field.name)}`", shown, _md(text)))
+        variable = _long(config.env_name("breaker_" + field.name))
+        rows.append((_long(field.name), variable, shown, _md(text)))
     return _table(("field", "variable", "default", "meaning"), rows)
 
 
@@ -239,15 +291,24 @@ def prometheus_table() -> str:
     for family in prometheus_families():
         labels = list(family._labelnames)
         if labels[: len(BASE_LABELS)] == list(BASE_LABELS):
-            shown = ["base"] + [f"`{label}`" for label in labels[len(BASE_LABELS) :]]
+            shown = ["base"] + [
+                f"`{label}`" for label in labels[len(BASE_LABELS) :]
+            ]
         else:
             shown = [f"`{label}`" for label in labels] or ["none"]
         kind = family._type
         if kind == "histogram":
             kind += f" ({_buckets(family._upper_bounds)})"
         elif kind == "gauge":
-            kind += f" (multiprocess: `{family._multiprocess_mode}`)"
-        rows.append((f"`{exposed_name(family)}`", kind, ", ".join(shown), _md(family._documentation)))
+            kind += f" (`{family._multiprocess_mode}`)"
+        rows.append(
+            (
+                _long(exposed_name(family)),
+                kind,
+                ", ".join(shown),
+                _md(family._documentation),
+            )
+        )
     return _table(("metric", "type", "labels", "help"), rows)
 
 
@@ -260,26 +321,42 @@ def otel_instruments() -> list[tuple[str, str, str, str]]:
     created: list[tuple[str, str, str, str]] = []
 
     class RecordingMeter(NoOpMeter):
-        def _note(self, kind: str, name: str, unit: str, description: str) -> None:
+        def _note(
+            self, kind: str, name: str, unit: str, description: str
+        ) -> None:
             created.append((name, kind, unit, description))
 
-        def create_counter(self, name: str, unit: str = "", description: str = "") -> Any:
+        def create_counter(
+            self, name: str, unit: str = "", description: str = ""
+        ) -> Any:
             self._note("counter", name, unit, description)
             return super().create_counter(name, unit, description)
 
-        def create_histogram(self, name: str, unit: str = "", description: str = "", **kw: Any) -> Any:
+        def create_histogram(
+            self, name: str, unit: str = "", description: str = "", **kw: Any
+        ) -> Any:
             self._note("histogram", name, unit, description)
             return super().create_histogram(name, unit, description, **kw)
 
         def create_observable_gauge(
-            self, name: str, callbacks: Any = None, unit: str = "", description: str = ""
+            self,
+            name: str,
+            callbacks: Any = None,
+            unit: str = "",
+            description: str = "",
         ) -> Any:
             self._note("observable gauge", name, unit, description)
-            return super().create_observable_gauge(name, callbacks, unit, description)
+            return super().create_observable_gauge(
+                name, callbacks, unit, description
+            )
 
     class RecordingProvider(NoOpMeterProvider):
         def get_meter(
-            self, name: str, version: str | None = None, schema_url: str | None = None, *a: Any
+            self,
+            name: str,
+            version: str | None = None,
+            schema_url: str | None = None,
+            *a: Any,
         ) -> Any:
             return RecordingMeter(name, version=version, schema_url=schema_url)
 
@@ -292,15 +369,42 @@ def otel_table() -> str:
     rows = []
     for name, kind, unit, description in otel_instruments():
         attrs, twin = OTEL_NOTES.get(name, ("?", "?"))
-        rows.append((f"`{name}`", kind, f"`{unit}`", attrs, f"`{twin}`" if twin else "", _md(description)))
-    table = _table(("instrument", "kind", "unit", "attributes", "Prometheus twin", "description"), rows)
+        rows.append(
+            (
+                _long(name),
+                f"{kind}, `{unit}`",
+                attrs,
+                _long(twin) if twin else "",
+                _md(description),
+            )
+        )
+    table = _table(
+        (
+            "instrument",
+            "kind, unit",
+            "attributes",
+            "Prometheus twin",
+            "description",
+        ),
+        rows,
+    )
     twins = {twin for _, twin in OTEL_NOTES.values()}
-    alone = [f"`{exposed_name(f)}`" for f in prometheus_families() if exposed_name(f) not in twins]
-    return table + "\n\nPrometheus families with no OTel twin: " + ", ".join(alone) + "."
+    alone = [
+        f"`{exposed_name(f)}`"
+        for f in prometheus_families()
+        if exposed_name(f) not in twins
+    ]
+    return (
+        table
+        + "\n\nPrometheus families with no OTel twin: "
+        + ", ".join(alone)
+        + "."
+    )
 
 
 TABLES: dict[str, Callable[[], str]] = {
     "options": options_table,
+    "code-options": code_options_table,
     "breaker": breaker_table,
     "prometheus": prometheus_table,
     "otel": otel_table,
