@@ -1,12 +1,13 @@
 # Two commands do all set-up on a fresh machine with Python >= 3.10:
 #   make demo   - the main job: streams through the real openai SDK against the fault server
 #   make test   - lint (ruff), types (mypy) and the whole test suite (pytest)
+# (make docs builds the documentation site into site/; .ci/run runs it after make test)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint rules promtool test-loaded bench bench-startup bench-peers valgrind clean
+.PHONY: demo test lint rules promtool docs test-loaded bench bench-startup bench-peers valgrind clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,8 +19,8 @@ demo: $(STAMP)
 	$(BIN)/streamsentinel demo $(ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks examples dashboards
-	$(BIN)/ruff format --check src tests benchmarks examples dashboards
+	$(BIN)/ruff check src tests benchmarks examples dashboards docs
+	$(BIN)/ruff format --check src tests benchmarks examples dashboards docs
 	$(BIN)/mypy
 
 # Debian packages the tests need: promtool and prometheus (the `prometheus` package: rules tests and
@@ -47,6 +48,12 @@ rules: promtool
 
 test: lint rules
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# The documentation site (docs/, mkdocs.yml) into site/; --strict: a broken link, anchor or
+# docstring reference fails the build. The reference tables are rendered from the code
+# (docs/gen_reference.py, an MkDocs hook). The docs extra is in dev, so the venv has it.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 # The whole suite with two CPU-bound processes beside it (killed at the end): no test may depend on
 # the machine's speed. PYTEST_ARGS as for test; LOAD_PROCS=n for another number of busy loops.
@@ -80,4 +87,4 @@ bench-startup: $(STAMP)
 	$(BIN)/python benchmarks/bench_startup.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) site .pytest_cache .mypy_cache .ruff_cache

@@ -1,5 +1,5 @@
 """The Prometheus rules in dashboards/alerts.yml: valid and unit-tested by promtool, every alert with
-its severity, annotations and a runbook that exists in the README, and only metrics streamsentinel
+its severity, annotations and a runbook that exists in the docs, and only metrics streamsentinel
 defines. promtool is required, not optional: ``.ci/run`` installs it (Debian's ``prometheus``)."""
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from streamsentinel.instrumentation._prometheus import Metrics
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "dashboards" / "alerts.yml"
 RULE_TESTS = ROOT / "dashboards" / "alerts.test.yml"
-README = ROOT / "README.md"
-RUNBOOK_BASE = "https://github.com/streamsentinel/streamsentinel#"
+RUNBOOKS = ROOT / "docs" / "dashboards-and-alerts.md"
+RUNBOOK_BASE = "https://github.com/streamsentinel/streamsentinel/blob/main/docs/dashboards-and-alerts.md#"
 REQUIRED_ALERTS = {
     "StreamingFailureRatioHigh",
     "StreamTruncationRatioHigh",
@@ -103,13 +103,15 @@ def test_every_alert_has_severity_annotations_and_a_test() -> None:
     assert alerts["QuotaExhausted"]["labels"]["severity"] == "critical"
 
 
-def test_runbook_anchors_exist_in_readme() -> None:
-    anchors = {github_anchor(m[1]) for m in re.finditer(r"^#{1,6} (.+)$", README.read_text(), re.MULTILINE)}
-    assert "alerts-and-runbooks" in anchors
+def test_runbook_anchors_exist_in_the_docs() -> None:
+    # The same anchor on GitHub (the runbook_url) and on the MkDocs site (its toc slug).
+    anchors = {github_anchor(m[1]) for m in re.finditer(r"^#{1,6} (.+)$", RUNBOOKS.read_text(), re.MULTILINE)}
+    assert "runbooks" in anchors
     for name, rule in parse_alerts(RULES.read_text()).items():
         url = rule["annotations"]["runbook_url"]
         assert url.startswith(RUNBOOK_BASE), f"{name}: {url}"
-        assert url.removeprefix(RUNBOOK_BASE) in anchors, f"{name}: no README heading for {url}"
+        assert url.removeprefix(RUNBOOK_BASE) == name.lower(), f"{name}: {url}"
+        assert url.removeprefix(RUNBOOK_BASE) in anchors, f"{name}: no heading in {RUNBOOKS.name} for {url}"
 
 
 def test_rules_use_only_defined_metrics() -> None:

@@ -18,7 +18,7 @@ import pytest
 pytest_plugins = ["pytester"]
 
 ROOT = Path(__file__).resolve().parent.parent
-README = ROOT / "README.md"
+TESTING_PAGE = ROOT / "docs" / "testing.md"
 EXAMPLE = ROOT / "tests" / "test_user_kit_example.py"
 PLUGIN_FIXTURES = {
     "streamsentinel_server",
@@ -299,7 +299,7 @@ def test_already_instrumented_is_left_alone(pytester: pytest.Pytester) -> None:
 def test_relay_example_passes_as_a_user_file(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The README's example, outside this repository's conftest (examples/ importable from the root).
+    # The example of docs/testing.md, outside this repository's conftest (examples/ importable from root).
     pytester.makepyfile(test_relay=EXAMPLE.read_text())
     monkeypatch.setenv(
         "PYTHONPATH", os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
@@ -308,9 +308,6 @@ def test_relay_example_passes_as_a_user_file(
     result.assert_outcomes(passed=2)
 
 
-def test_readme_shows_the_example_verbatim() -> None:
-    section = (
-        README.read_text().split("## Test your service against broken streams", 1)[1].split("\n## ", 1)[0]
-    )
-    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+def test_docs_show_the_example_verbatim() -> None:
+    blocks = re.findall(r"```python\n(.*?)```", TESTING_PAGE.read_text(), re.S)
     assert EXAMPLE.read_text() in blocks

@@ -1,5 +1,5 @@
 """The relay service (examples/relay_service) against broken upstream streams, with the pytest
-fixtures streamsentinel installs (README: "Test your service against broken streams")."""
+fixtures streamsentinel installs (docs/testing.md: "Testing your service against broken streams")."""
 
 import json
 
