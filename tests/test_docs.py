@@ -53,15 +53,18 @@ def rendered(page: str) -> str:
 
 def table_rows(markdown: str) -> dict[str, str]:
     """First cell (without backticks) -> the whole row, for every table row of ``markdown``; inline
-    HTML code (``<code>a_<wbr>b</code>``, the generator's wrappable names) as Markdown code."""
-    rows = {}
+    HTML code (``<code>a_<wbr>b</code>``, the generator's wrappable names) as Markdown code. A name
+    in two tables (``mode``: an option and a ``BreakerConfig`` field) keeps its first row under the
+    name and the next under ``name#2``."""
+    rows: dict[str, str] = {}
     for line in markdown.splitlines():
         line = re.sub(
             r"<code>(.*?)</code>", lambda m: "`" + html.unescape(m[1].replace("<wbr>", "")) + "`", line
         )
         cells = line.split(" | ")
         if line.startswith("| `") and len(cells) > 1:
-            rows[cells[0].removeprefix("| ").strip("`")] = line
+            name = cells[0].removeprefix("| ").strip("`")
+            rows[f"{name}#2" if name in rows else name] = line
     return rows
 
 
@@ -104,7 +107,7 @@ def test_configuration_page_has_every_option_with_its_variable_and_default() -> 
         assert f"`{getattr(config.DEFAULTS, name)}`" in row, row
         assert html.escape(parser.allowed).replace("*", "\\*") in row or parser.allowed in row, row
     for field in dataclasses.fields(streamsentinel.BreakerConfig):
-        row = rows[field.name]
+        row = rows[f"{field.name}#2" if field.name in config._PARSERS else field.name]
         assert f"`{config.env_name('breaker_' + field.name)}`" in row, row
     # Every variable streamsentinel reads for an option is documented.
     text = rendered("configuration.md").replace("<wbr>", "")

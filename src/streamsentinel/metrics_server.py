@@ -131,7 +131,7 @@ def _served_by_run(url: str) -> tuple[WSGIServer, threading.Thread]:
         _told = True
         from ._core.log import log
 
-        log.info("metrics.served_by_run", url=url, note="start_metrics_server() serves nothing under run")
+        log.warning("metrics.served_by_run", url=url, note="start_metrics_server() serves nothing under run")
     thread = threading.Thread(target=lambda: None, name="streamsentinel-metrics-noop", daemon=True)
     thread.start()
     return _NoServer(url), thread  # type: ignore[return-value]
