@@ -42,7 +42,7 @@ import time
 import uuid
 import weakref
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -178,13 +178,14 @@ class Fleet:
     """The shared state of one ``instrument()`` (see the module docstring).
 
     Args:
-        client: a ``redis.Redis`` (or ``RedisCluster``, Sentinel master...) used by the background
-            thread and by sync probe leases.
+        client: a ``redis.Redis`` (or ``RedisCluster``, Sentinel master...), called only on our
+            store threads (:class:`_Calls`), whatever its own timeouts and retries.
         url: the URL ``client`` was built from, if we built it: async leases then use ``redis.asyncio``
-            clients built from it (one per event loop); without it they run the sync call in a thread.
+            clients built from it (one per event loop); without it they run on the store threads.
         prefix: put before every key (several services can share one Redis).
         refresh_interval: seconds between background refreshes.
-        timeout: seconds an inline probe lease may take before falling back to local state.
+        timeout: seconds any Redis call may take *in total* (waiting for a store thread, connecting,
+            retries included) before its caller falls back to local state.
         min_processes: distinct processes whose local windows must have tripped (within the open
             wait) before a breaker opens fleet-wide.
         quota_pause: seconds an ``insufficient_quota`` 429 without a server delay pauses the server.
@@ -252,7 +253,9 @@ class Fleet:
         self._reading: dict[str, Future[Any]] = {}
         self._reading_lock = threading.Lock()
         self._first: Future[None] = Future()
-        self._primed = True  # the first refresh is over (or there is no background thread)
+        # False until the background thread's first refresh is over (a new process's first call
+        # waits for it, bounded); True without a background thread.
+        self.primed = True
         _OPEN.add(self)
         if start:
             self.start()
@@ -279,7 +282,7 @@ class Fleet:
     def start(self) -> None:
         self._started = True
         if self._thread is None:
-            self._primed = False  # until the thread's first refresh
+            self.primed = False  # until the thread's first refresh
             self._thread = threading.Thread(target=self._run, name="streamsentinel-fleet", daemon=True)
             self._thread.start()
 
@@ -328,7 +331,7 @@ class Fleet:
             return future.result(self.timeout)
         except TimeoutError:
             future.cancel()  # not started yet: it never will be
-            raise TimeoutError(f"Redis did not answer within {self.timeout}s") from None
+            raise _timeout() from None
 
     async def call_async(self, fn: Callable[..., Any], *args: Any) -> Any:
         """:meth:`call` awaited on the running loop (the loop never blocks; same errors)."""
@@ -336,14 +339,14 @@ class Fleet:
         try:
             return await asyncio.wait_for(asyncio.wrap_future(future), self.timeout)
         except TimeoutError:
-            raise TimeoutError(f"Redis did not answer within {self.timeout}s") from None
+            raise _timeout() from None
 
     # -- a new process reads the fleet before its first call ---------------------------------------
 
     def prime(self) -> None:
         """Before this process's first call: wait (at most ``timeout``) for the first refresh, which
         the background thread starts at once (the fleet's pauses and retry budget)."""
-        if self._primed:
+        if self.primed:
             return
         try:
             self._first.result(self.timeout)
@@ -352,7 +355,7 @@ class Fleet:
 
     async def prime_async(self) -> None:
         """:meth:`prime` on the running loop."""
-        if self._primed:
+        if self.primed:
             return
         try:
             waited = asyncio.wrap_future(self._first)
@@ -362,9 +365,11 @@ class Fleet:
             pass
 
     def _set_primed(self) -> None:
-        self._primed = True
-        if not self._first.done():
+        self.primed = True
+        try:
             self._first.set_result(None)
+        except InvalidStateError:  # set already (the thread's first refresh, then close())
+            pass
 
     def must_read(self, name: str) -> bool:
         """Whether breaker ``name`` is read from Redis before this process's first call through it."""
@@ -375,13 +380,9 @@ class Fleet:
         by every concurrent first call, at most ``timeout``; a failure: local state)."""
         self.track(name)
         try:
-            answer = self._first_read(name).result(self.timeout)
+            self._first_read(name).result(self.timeout)
         except Exception as exc:
-            self.failed(
-                "refresh", TimeoutError("no answer in time") if isinstance(exc, TimeoutError) else exc
-            )
-            return
-        self.set_view(name, answer)
+            self.failed("refresh", _timeout() if isinstance(exc, TimeoutError) else exc)
 
     async def read_first_async(self, name: str) -> None:
         """:meth:`read_first` on the running loop."""
@@ -389,22 +390,24 @@ class Fleet:
         try:
             waited = asyncio.wrap_future(self._first_read(name))
             waited.add_done_callback(_retrieve)
-            answer = await asyncio.wait_for(asyncio.shield(waited), self.timeout)
+            # shielded: a caller giving up must not cancel the read other first calls wait for
+            await asyncio.wait_for(asyncio.shield(waited), self.timeout)
         except Exception as exc:
-            self.failed(
-                "refresh", TimeoutError("no answer in time") if isinstance(exc, TimeoutError) else exc
-            )
-            return
-        self.set_view(name, answer)
+            self.failed("refresh", _timeout() if isinstance(exc, TimeoutError) else exc)
 
     def _first_read(self, name: str) -> Future[Any]:
         with self._reading_lock:
             future = self._reading.get(name)
             if future is None:
-                future = self._calls.submit(self.scripts["READ"], [self.key("breaker", name)], [])
+                future = self._calls.submit(self._read_one, name)
                 self._reading[name] = future
                 future.add_done_callback(lambda done: self._read_done(name, done))
         return future
+
+    def _read_one(self, name: str) -> None:
+        # The view is set on the store thread, before the read counts as done: a first call that
+        # comes just after finds it and does not read again.
+        self.set_view(name, self.scripts["READ"]([self.key("breaker", name)], []))
 
     def _read_done(self, name: str, future: Future[Any]) -> None:
         with self._reading_lock:
@@ -767,11 +770,15 @@ def _after_fork(ref: weakref.ReferenceType[Fleet]) -> None:
     fleet._reading = {}
     fleet._reading_lock = threading.Lock()
     fleet._first = Future()
-    if fleet._primed:
+    if fleet.primed:
         fleet._first.set_result(None)
     fleet._thread = None
     if fleet._started:
         fleet.start()
+
+
+def _timeout() -> TimeoutError:
+    return TimeoutError("Redis did not answer within redis_timeout")
 
 
 def _text(value: Any) -> str:
