@@ -443,3 +443,41 @@ async def test_a_stuck_redis_never_holds_the_hosts_default_executor(prefix: str)
             server.thaw()
             user_client.close()
             admin.client.close()
+
+
+def test_calls_stuck_on_a_frozen_redis_hold_a_few_threads_then_fail_at_once(prefix: str) -> None:
+    """Issue 15, defect 4: once every store thread is held by a call past its deadline (a frozen
+    Redis, a client with redis-py's defaults), a new call fails at once as "Redis unavailable"
+    (the local breaker decides, counted) instead of queueing behind them."""
+    import redis
+
+    from streamsentinel._resilience.fleet import StoreBusy
+
+    with RedisServer() as server:
+        user_client = redis.Redis(host="127.0.0.1", port=server.port)
+        fleet = Fleet(user_client, prefix=prefix, timeout=0.2, start=False)
+        events: list[Event] = []
+        fleet.attach(events.append)
+        store = RedisBreakerStore(fleet, BreakerConfig())
+        fleet.force(NAME, "half_open")
+        server.freeze()
+        try:
+            timeouts = 0
+            for _ in range(50):
+                try:
+                    fleet.lease(NAME, 5, 60.0)
+                except TimeoutError:
+                    timeouts += 1
+                except StoreBusy:
+                    break
+            else:
+                raise AssertionError("no call failed at once")
+            assert timeouts >= 8
+            assert fleet._calls._threads == 8  # the stuck calls hold our threads, and only 8
+            name, permit = store.acquire(NAME)
+            assert permit is not None and not isinstance(permit, FleetPermit)
+            assert events == [StoreError("lease"), StoreFallback(True)]
+        finally:
+            server.thaw()
+            fleet.close()
+            user_client.close()

@@ -73,6 +73,9 @@ class StoreBusy(RuntimeError):
     calls wait: the call fails at once and the process runs on its local state."""
 
 
+_Work = tuple[Future[Any], Callable[..., Any], tuple[Any, ...], float]
+
+
 class _Calls:
     """The threads every Redis call runs on (``streamsentinel-fleet-call-N``, daemon, started on
     demand, at most ``size``): a caller waits on the :class:`Future` with its own deadline, so a
@@ -82,20 +85,23 @@ class _Calls:
         self.size = size
         self.stuck_after = stuck_after
         self._lock = threading.Lock()
-        self._work: queue.SimpleQueue[tuple[Future[Any], Callable[..., Any], tuple[Any, ...]]] = (
-            queue.SimpleQueue()
-        )
+        self._work: queue.SimpleQueue[_Work | None] = queue.SimpleQueue()
+        self._closed = False
         self._threads = 0
         self._waiting = 0  # calls submitted and not finished (queued or running)
-        self._running: dict[int, float] = {}  # thread number -> monotonic start of its call
+        self._running: dict[int, float] = {}  # thread number -> when its call was submitted
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
         """Run ``fn(*args)`` on a store thread; raises :class:`StoreBusy` when it cannot start soon."""
         future: Future[Any] = Future()
+        now = time.monotonic()
         with self._lock:
+            if self._closed:
+                raise StoreBusy("the fleet is closed")
             if self._waiting >= self.size:
-                old = time.monotonic() - self.stuck_after
-                stuck = sum(1 for started in self._running.values() if started < old)
+                # stuck: its caller's deadline is over, the thread still waits on Redis
+                old = now - self.stuck_after
+                stuck = sum(1 for submitted in self._running.values() if submitted <= old)
                 if stuck >= self.size:
                     raise StoreBusy(f"all {self.size} store threads wait on Redis past their deadline")
                 if self._waiting >= _MAX_WAITING:
@@ -115,15 +121,25 @@ class _Calls:
                     if not self._threads:
                         raise StoreBusy("no store thread can start at interpreter shutdown") from None
             self._waiting += 1
-        self._work.put((future, fn, args))
+        self._work.put((future, fn, args, now))
         return future
+
+    def shutdown(self) -> None:
+        """Let every thread end once its current call (if any) returns; later calls are refused."""
+        with self._lock:
+            self._closed = True
+            for _ in range(self._threads):
+                self._work.put(None)
 
     def _serve(self, number: int) -> None:
         while True:
-            future, fn, args = self._work.get()
+            work = self._work.get()
+            if work is None:
+                return
+            future, fn, args, submitted = work
             if future.set_running_or_notify_cancel():  # False: its caller gave up before it started
                 with self._lock:
-                    self._running[number] = time.monotonic()
+                    self._running[number] = submitted
                 try:
                     future.set_result(fn(*args))
                 except BaseException as exc:
@@ -132,7 +148,7 @@ class _Calls:
                     del self._running[number]
             with self._lock:
                 self._waiting -= 1
-            del future, fn, args
+            del work, future, fn, args
 
 
 def _retrieve(future: Any) -> None:
@@ -302,6 +318,7 @@ class Fleet:
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=self.timeout + _GRACE)  # its current call is bounded by timeout
         self.flush()
+        self._calls.shutdown()
         self._set_primed()
 
     def flush(self) -> None:
