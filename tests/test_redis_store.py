@@ -474,7 +474,7 @@ def test_calls_stuck_on_a_frozen_redis_hold_a_few_threads_then_fail_at_once(pref
                 raise AssertionError("no call failed at once")
             assert timeouts >= 8
             assert fleet._calls._threads == 8  # the stuck calls hold our threads, and only 8
-            name, permit = store.acquire(NAME)
+            _, permit = store.acquire(NAME)
             assert permit is not None and not isinstance(permit, FleetPermit)
             assert events == [StoreError("lease"), StoreFallback(True)]
         finally:

@@ -388,10 +388,6 @@ class Fleet:
         except InvalidStateError:  # set already (the thread's first refresh, then close())
             pass
 
-    def must_read(self, name: str) -> bool:
-        """Whether breaker ``name`` is read from Redis before this process's first call through it."""
-        return name not in self.views and not self.fallback
-
     def read_first(self, name: str) -> None:
         """Read breaker ``name`` before this process's first call through it (one round trip shared
         by every concurrent first call, at most ``timeout``; a failure: local state)."""

@@ -116,8 +116,8 @@ class RedisBreakerStore:
     def acquire(self, key: str) -> tuple[str, Permit | None]:
         breaker = self._local.get(key)
         name = breaker.name
-        if self._shared and self.fleet.must_read(name):
-            self.fleet.read_first(name)
+        if self._shared and name not in self.fleet.views and not self.fleet.fallback:
+            self.fleet.read_first(name)  # this process's first call through it: read it first (bounded)
         view = self._fleet_view(name)
         if view is None:
             return name, breaker.try_acquire()
@@ -134,8 +134,10 @@ class RedisBreakerStore:
     async def acquire_async(self, key: str) -> tuple[str, Permit | None]:
         breaker = self._local.get(key)
         name = breaker.name
-        if self._shared and self.fleet.must_read(name):
-            await self.fleet.read_first_async(name)
+        if self._shared and name not in self.fleet.views and not self.fleet.fallback:
+            await self.fleet.read_first_async(
+                name
+            )  # this process's first call through it: read it first (bounded)
         view = self._fleet_view(name)
         if view is None:
             return name, breaker.try_acquire()
