@@ -223,7 +223,8 @@ def test_a_process_started_after_the_fleet_opened_sends_nothing(
     redis_server: RedisServer, chaos: ChaosServer
 ) -> None:
     """Issue 15, defect 5: a process started once the fleet's breaker is OPEN reads the fleet's state
-    before its first call (it refreshes only every 600 s here): it sends 0 of 5 calls."""
+    before its first call (it refreshes only every 600 s here): it sends 0 of 5 calls, sync or
+    async (5 first calls at once on one event loop)."""
     from streamsentinel._resilience.local_redis import breaker_snapshot
 
     common: dict[str, Any] = {
@@ -244,13 +245,17 @@ def test_a_process_started_after_the_fleet_opened_sends_nothing(
             threading.Event().wait(0.02)
         assert breaker_snapshot(redis_server.url, NAME)["state"] == "open"
         before = chaos.arrivals
-        (late,) = start_workers(1, **common, refresh_interval=600.0)
+        late, late_async = start_workers(2, **common, refresh_interval=600.0)
         try:
             assert late.ask(op="run", n=5) == {"CircuitOpenError": 5}
+            assert late_async.ask(op="swarm", n=5) == {"refused": 5}  # 5 async calls at once
+            assert late_async.ask(op="finish") == {"CircuitOpenError": 5}
             assert chaos.arrivals == before
-            assert late.ask(op="metrics")["rejections"] == {"circuit_open": 5.0}
+            for worker in (late, late_async):
+                assert worker.ask(op="metrics")["rejections"] == {"circuit_open": 5.0}
         finally:
             late.close()
+            late_async.close()
     finally:
         for worker in voters:
             worker.close()
