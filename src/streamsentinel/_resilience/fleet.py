@@ -782,9 +782,7 @@ def _after_fork(ref: weakref.ReferenceType[Fleet]) -> None:
     fleet._calls = _Calls(_CALL_THREADS, fleet.timeout)  # the parent's threads did not survive
     fleet._reading = {}
     fleet._reading_lock = threading.Lock()
-    fleet._first = Future()
-    if fleet.primed:
-        fleet._first.set_result(None)
+    fleet._first = Future()  # the child's first call waits for the child's first refresh
     fleet._thread = None
     if fleet._started:
         fleet.start()
