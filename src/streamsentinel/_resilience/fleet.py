@@ -66,6 +66,7 @@ _CALL_THREADS = 8  # store threads per process: stuck calls hold at most this ma
 _MAX_WAITING = 1024  # calls queued or running at once; past it a new call fails at once
 _MAX_BATCH = 500  # queued writes sent in one pipelined round trip
 _GRACE = 1.0  # seconds close() waits for the background thread beyond its current call's bound
+_IDLE = 30.0  # seconds a store thread waits for work before it ends (a fleet never closed)
 
 
 class StoreBusy(RuntimeError):
@@ -87,7 +88,8 @@ class _Calls:
         self._lock = threading.Lock()
         self._work: queue.SimpleQueue[_Work | None] = queue.SimpleQueue()
         self._closed = False
-        self._threads = 0
+        self._threads = 0  # alive; never fewer than the calls waiting
+        self._numbers = 0  # threads started so far (their names)
         self._waiting = 0  # calls submitted and not finished (queued or running)
         self._running: dict[int, float] = {}  # thread number -> when its call was submitted
 
@@ -107,7 +109,7 @@ class _Calls:
                 if self._waiting >= _MAX_WAITING:
                     raise StoreBusy(f"{_MAX_WAITING} store calls wait already")
             if self._threads < min(self._waiting + 1, self.size):
-                number = self._threads + 1
+                number = self._numbers + 1
                 thread = threading.Thread(
                     target=self._serve,
                     args=(number,),
@@ -116,7 +118,8 @@ class _Calls:
                 )
                 try:
                     thread.start()
-                    self._threads = number
+                    self._numbers = number
+                    self._threads += 1
                 except RuntimeError:  # at interpreter shutdown (3.12): the threads we have serve it
                     if not self._threads:
                         raise StoreBusy("no store thread can start at interpreter shutdown") from None
@@ -133,7 +136,14 @@ class _Calls:
 
     def _serve(self, number: int) -> None:
         while True:
-            work = self._work.get()
+            try:
+                work = self._work.get(timeout=_IDLE)
+            except queue.Empty:
+                with self._lock:
+                    if self._threads > self._waiting:  # every waiting call still has a thread
+                        self._threads -= 1
+                        return
+                continue
             if work is None:
                 return
             future, fn, args, submitted = work
