@@ -42,6 +42,7 @@ import time
 import uuid
 import weakref
 from collections.abc import Callable
+from concurrent import futures
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -66,6 +67,8 @@ _CALL_THREADS = 8  # store threads per process: stuck calls hold at most this ma
 _MAX_WAITING = 1024  # calls queued or running at once; past it a new call fails at once
 _MAX_BATCH = 500  # queued writes sent in one pipelined round trip
 _GRACE = 1.0  # seconds close() waits for the background thread beyond its current call's bound
+# One class from Python 3.11 on; three before.
+_TIMEOUTS = (TimeoutError, futures.TimeoutError, asyncio.TimeoutError)
 _IDLE = 30.0  # seconds a store thread waits for work before it ends (a fleet never closed)
 
 
@@ -356,7 +359,7 @@ class Fleet:
         future = self._calls.submit(fn, *args)
         try:
             return future.result(self.timeout)
-        except TimeoutError:
+        except _TIMEOUTS:
             future.cancel()  # not started yet: it never will be
             raise _timeout() from None
 
@@ -365,7 +368,7 @@ class Fleet:
         future = self._calls.submit(fn, *args)
         try:
             return await asyncio.wait_for(asyncio.wrap_future(future), self.timeout)
-        except TimeoutError:
+        except _TIMEOUTS:
             raise _timeout() from None
 
     # -- a new process reads the fleet before its first call ---------------------------------------
@@ -405,7 +408,7 @@ class Fleet:
         try:
             self._first_read(name).result(self.timeout)
         except Exception as exc:
-            self.failed("refresh", _timeout() if isinstance(exc, TimeoutError) else exc)
+            self.failed("refresh", _timeout() if isinstance(exc, _TIMEOUTS) else exc)
 
     async def read_first_async(self, name: str) -> None:
         """:meth:`read_first` on the running loop."""
@@ -416,7 +419,7 @@ class Fleet:
             # shielded: a caller giving up must not cancel the read other first calls wait for
             await asyncio.wait_for(asyncio.shield(waited), self.timeout)
         except Exception as exc:
-            self.failed("refresh", _timeout() if isinstance(exc, TimeoutError) else exc)
+            self.failed("refresh", _timeout() if isinstance(exc, _TIMEOUTS) else exc)
 
     def _first_read(self, name: str) -> Future[Any]:
         with self._reading_lock:
