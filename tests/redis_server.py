@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from types import TracebackType
 
@@ -96,8 +98,20 @@ class RedisServer:
             self.process.wait(timeout=30)
             self.process = None
 
+    def freeze(self) -> None:
+        """SIGSTOP: the server stops answering but its connections stay open (a partition without
+        RST, a stalled host)."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """SIGCONT after :meth:`freeze`."""
+        if self.process is not None:
+            self.process.send_signal(signal.SIGCONT)
+
     def stop(self) -> None:
         if self.process is not None:
+            self.thaw()
             self.process.terminate()
             try:
                 self.process.wait(timeout=30)
@@ -114,3 +128,54 @@ class RedisServer:
     ) -> None:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class SlowRelay:
+    """A TCP relay on 127.0.0.1 in front of a Redis: it passes requests on at once and every reply
+    ``delay`` seconds late (a Redis that answers slowly but steadily: each read within a socket
+    timeout larger than ``delay``). ``delay`` may change while it runs; ``url`` is the relay's."""
+
+    def __init__(self, upstream_port: int, delay: float = 0.0) -> None:
+        self.upstream_port = upstream_port
+        self.delay = delay
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self._listener.getsockname()[1]
+        self._closed = False
+        self._sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                downstream, _ = self._listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            self._sockets += [downstream, upstream]
+            threading.Thread(target=self._pump, args=(downstream, upstream, False), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, downstream, True), daemon=True).start()
+
+    def _pump(self, source: socket.socket, target: socket.socket, replies: bool) -> None:
+        try:
+            while data := source.recv(65536):
+                if replies and self.delay:
+                    time.sleep(self.delay)  # the slow server itself, not a synchronisation
+                target.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, target):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self._closed = True
+        self._listener.close()
+        for sock in self._sockets:
+            sock.close()

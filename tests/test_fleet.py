@@ -217,3 +217,74 @@ def test_redis_killed_mid_run_fails_no_request_and_sharing_resumes(
     finally:
         a.close()
         b.close()
+
+
+def test_a_process_started_after_the_fleet_opened_sends_nothing(
+    redis_server: RedisServer, chaos: ChaosServer
+) -> None:
+    """Issue 15, defect 5: a process started once the fleet's breaker is OPEN reads the fleet's state
+    before its first call (it refreshes only every 600 s here): it sends 0 of 5 calls, sync or
+    async (5 first calls at once on one event loop)."""
+    from streamsentinel._resilience.local_redis import breaker_snapshot
+
+    common: dict[str, Any] = {
+        "redis_url": redis_server.url,
+        "base_url": chaos.base_url,
+        "breaker": TRIPS_FAST,
+        "min_processes": 3,
+    }
+    voters = start_workers(3, **common)
+    try:
+        for worker in voters:
+            assert worker.ask(op="run", n=4, headers=OUTAGE) == {"InternalServerError": 4}
+        for worker in voters:
+            worker.wait_for("state", "open")
+        for _ in range(3000):  # the three votes reach Redis (polling, bounded)
+            if breaker_snapshot(redis_server.url, NAME)["state"] == "open":
+                break
+            threading.Event().wait(0.02)
+        assert breaker_snapshot(redis_server.url, NAME)["state"] == "open"
+        before = chaos.arrivals
+        late, late_async = start_workers(2, **common, refresh_interval=600.0)
+        try:
+            assert late.ask(op="run", n=5) == {"CircuitOpenError": 5}
+            assert late_async.ask(op="swarm", n=5) == {"refused": 5}  # 5 async calls at once
+            assert late_async.ask(op="finish") == {"CircuitOpenError": 5}
+            assert chaos.arrivals == before
+            for worker in (late, late_async):
+                assert worker.ask(op="metrics")["rejections"] == {"circuit_open": 5.0}
+        finally:
+            late.close()
+            late_async.close()
+    finally:
+        for worker in voters:
+            worker.close()
+
+
+EXITS_AFTER_A_TRIP = """
+import sys
+from streamsentinel import BreakerConfig
+from streamsentinel._resilience.fleet import Fleet
+from streamsentinel._resilience.redis_store import RedisBreakerStore
+config = BreakerConfig(sliding_window_size=2, minimum_number_of_calls=2, timeout_streak_min_seconds=0.0)
+# No background thread: nothing writes the vote before the process exits, but its exit.
+fleet = Fleet.from_url(sys.argv[1], timeout=10.0, start=False)
+store = RedisBreakerStore(fleet, config)
+for _ in range(2):
+    name, permit = store.acquire("api/m")
+    store.release(name, permit, "failure", duration=0.1, ttft=None)
+assert fleet._queue.qsize() == 1  # the trip's vote, queued
+"""
+
+
+def test_a_process_that_exits_flushes_its_vote(redis_server: RedisServer) -> None:
+    """Issue 15, defect 5: a process that exits writes the votes and results still queued (a worker
+    recycled right after its breaker tripped still counts)."""
+    from streamsentinel._resilience.local_redis import breaker_snapshot
+
+    done = subprocess.run(
+        [sys.executable, "-c", EXITS_AFTER_A_TRIP, redis_server.url], timeout=180, check=False
+    )
+    assert done.returncode == 0
+    snapshot = breaker_snapshot(redis_server.url, "api/m")
+    assert (snapshot["state"], snapshot["version"]) == ("open", 1)  # its one vote opened it

@@ -20,7 +20,7 @@ from streamsentinel._resilience.redis_store import FleetPermit, RedisBreakerStor
 from streamsentinel.chaos import ChaosServer
 from streamsentinel.instrumentation import Event, StoreError, StoreFallback
 
-from .redis_server import RedisServer, free_port, require_redis_server
+from .redis_server import RedisServer, SlowRelay, free_port, require_redis_server
 from .support import TIMEOUT, chat_kwargs, make_telemetry
 
 TTL = 3_600_000
@@ -342,3 +342,142 @@ def test_a_forked_worker_gets_its_own_background_thread(redis_server: RedisServe
 
     done = subprocess.run([sys.executable, "-c", FORKED, redis_server.url], timeout=180, check=False)
     assert done.returncode == 0
+
+
+# -- every store call bounded in total (Issue 15, defect 4) ------------------------------------------
+
+NAME = "127.0.0.1/gpt-4o-mini"
+
+
+def test_a_slow_but_steady_redis_bounds_the_sync_probe_lease_in_total(
+    redis_server: RedisServer, prefix: str
+) -> None:
+    """Issue 15, defect 4: a sync stream's HALF_OPEN probe lease is bounded in total by
+    ``redis_timeout``, even when each reply of a slow Redis comes within the socket timeout (a new
+    connection's handshake and EVALSHA/NOSCRIPT/SCRIPT LOAD/EVALSHA are several round trips)."""
+    streamsentinel.uninstrument()
+    admin = fleet_for(redis_server.url, prefix)
+    admin.force(NAME, "half_open")
+    admin.client.script_flush()  # the lease's script is loaded again: three round trips at least
+    relay = SlowRelay(redis_server.port)
+    try:
+        with ChaosServer(chunks=3) as chaos:
+            telemetry = make_telemetry(
+                redis_url=relay.url, redis_prefix=prefix, redis_timeout=1.5, fleet_refresh_interval=600.0
+            )
+            try:
+                fleet = telemetry.runtime.fleet
+                assert fleet.wait_refreshed(1, timeout=60)
+                fleet.track(NAME)
+                assert fleet.refresh() and fleet.views[NAME].state == "half_open"
+                fleet.client.connection_pool.disconnect()  # the lease opens a new connection
+                relay.delay = 0.6  # every reply within the 1.5 s socket timeout; >= 1.8 s in all
+                client = openai.OpenAI(base_url=chaos.base_url, api_key="k", max_retries=0, timeout=TIMEOUT)
+                with client.chat.completions.create(**chat_kwargs()) as stream:
+                    assert sum(1 for _ in stream) > 0
+                assert chaos.arrivals == 1
+                # The lease gave up at its bound: the local breaker decided (the fail-open fallback).
+                assert telemetry.value("openai_stream_store_errors_total", operation="lease") == 1
+                assert telemetry.value("openai_stream_store_fallback") == 1
+                assert telemetry.value("openai_stream_requests_total", outcome="completed") == 1
+            finally:
+                streamsentinel.uninstrument()
+    finally:
+        relay.close()
+        admin.client.close()
+
+
+async def test_a_stuck_redis_never_holds_the_hosts_default_executor(prefix: str) -> None:
+    """Issue 15, defect 4: with ``redis_client=`` built with redis-py's defaults (5 s socket timeouts,
+    retries) and a Redis that stops answering, a burst of async probe leases falls back at
+    ``redis_timeout`` and never runs on asyncio's default executor: the host's own ``to_thread``
+    runs while our store threads are still stuck."""
+    import asyncio
+
+    import redis
+
+    streamsentinel.uninstrument()
+    with RedisServer() as server, ChaosServer(chunks=3) as chaos:
+        admin = fleet_for(server.url, prefix)
+        admin.force(NAME, "half_open")
+        user_client = redis.Redis(host="127.0.0.1", port=server.port)  # redis-py's defaults
+        telemetry = make_telemetry(
+            redis_client=user_client,
+            redis_prefix=prefix,
+            fleet_refresh_interval=600.0,
+            breaker=BreakerConfig(permitted_number_of_calls_in_half_open_state=100),
+        )
+        try:
+            fleet = telemetry.runtime.fleet
+            assert fleet.wait_refreshed(1, timeout=60)
+            fleet.track(NAME)
+            assert fleet.refresh() and fleet.views[NAME].state == "half_open"
+            server.freeze()
+
+            async def one(aclient: openai.AsyncOpenAI) -> str:
+                async with await aclient.chat.completions.create(**chat_kwargs()) as stream:
+                    async for _ in stream:
+                        pass
+                return "ok"
+
+            async with openai.AsyncOpenAI(
+                base_url=chaos.base_url, api_key="k", max_retries=0, timeout=TIMEOUT
+            ) as aclient:
+                burst = asyncio.gather(*(one(aclient) for _ in range(20)))
+                for _ in range(6000):  # until a lease gave up (polling, bounded)
+                    if telemetry.value("openai_stream_store_errors_total", operation="lease"):
+                        break
+                    await asyncio.sleep(0.01)
+                # Redis is frozen, the leases' calls are stuck: the host's executor is free all the
+                # same (the timeouts are safety nets; a stuck call holds its thread ~58 s).
+                assert await asyncio.wait_for(asyncio.to_thread(lambda: 42), 30) == 42
+                loop = asyncio.get_running_loop()
+                assert await asyncio.wait_for(loop.run_in_executor(None, lambda: 43), 30) == 43
+                outcomes = await asyncio.wait_for(burst, 120)
+            assert outcomes == ["ok"] * 20
+            assert chaos.arrivals == 20
+            assert telemetry.value("openai_stream_store_errors_total", operation="lease") >= 1
+            assert telemetry.value("openai_stream_store_fallback") == 1
+        finally:
+            streamsentinel.uninstrument()
+            server.thaw()
+            user_client.close()
+            admin.client.close()
+
+
+def test_calls_stuck_on_a_frozen_redis_hold_a_few_threads_then_fail_at_once(prefix: str) -> None:
+    """Issue 15, defect 4: once every store thread is held by a call past its deadline (a frozen
+    Redis, a client with redis-py's defaults), a new call fails at once as "Redis unavailable"
+    (the local breaker decides, counted) instead of queueing behind them."""
+    import redis
+
+    from streamsentinel._resilience.fleet import StoreBusy
+
+    with RedisServer() as server:
+        user_client = redis.Redis(host="127.0.0.1", port=server.port)
+        fleet = Fleet(user_client, prefix=prefix, timeout=0.2, start=False)
+        events: list[Event] = []
+        fleet.attach(events.append)
+        store = RedisBreakerStore(fleet, BreakerConfig())
+        fleet.force(NAME, "half_open")
+        server.freeze()
+        try:
+            timeouts = 0
+            for _ in range(50):
+                try:
+                    fleet.lease(NAME, 5, 60.0)
+                except TimeoutError:
+                    timeouts += 1
+                except StoreBusy:
+                    break
+            else:
+                raise AssertionError("no call failed at once")
+            assert timeouts >= 8
+            assert fleet._calls._threads == 8  # the stuck calls hold our threads, and only 8
+            _, permit = store.acquire(NAME)
+            assert permit is not None and not isinstance(permit, FleetPermit)
+            assert events == [StoreError("lease"), StoreFallback(True)]
+        finally:
+            server.thaw()
+            fleet.close()
+            user_client.close()

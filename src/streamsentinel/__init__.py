@@ -177,8 +177,8 @@ def instrument(
         redis_client: a ``redis.Redis`` you built (Sentinel, Cluster, TLS, Valkey), instead of
             ``redis_url``; its own socket timeout bounds the inline probe lease.
         redis_prefix: put before every Redis key (default ``streamsentinel:``).
-        redis_timeout: seconds an inline HALF_OPEN probe lease may take before the process falls
-            back to its local breaker (default 0.25).
+        redis_timeout: seconds any one Redis call may take in total (connection, retries and
+            all) before the process falls back to its local state (default 0.25).
         fleet_min_processes: processes whose own windows must trip before a breaker opens
             fleet-wide (default 1).
         fleet_refresh_interval: seconds between background reads of the fleet's state (default 1).

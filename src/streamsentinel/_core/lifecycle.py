@@ -276,6 +276,8 @@ class Runtime:
         """Wait out or refuse a fleet-wide pause, then ask the call's breaker for a permit; the
         exception to raise when refused (``CircuitOpenError``, ``openai.RateLimitError``)."""
         if self.fleet is not None:
+            if not self.fleet.primed:  # a new process: the fleet's first refresh (bounded)
+                self.fleet.prime()
             paused = self._pause(ctl)
             if isinstance(paused, Exception):
                 return paused
@@ -293,6 +295,8 @@ class Runtime:
     async def admit_async(self, ctl: StreamController, request: Mapping[str, Any]) -> Exception | None:
         """:meth:`admit` on an event loop (the store may do I/O)."""
         if self.fleet is not None:
+            if not self.fleet.primed:  # a new process: the fleet's first refresh (bounded)
+                await self.fleet.prime_async()
             paused = self._pause(ctl)
             if isinstance(paused, Exception):
                 return paused

@@ -10,8 +10,17 @@ once per ``refresh_interval``:
 - writes what the hot path queued (a local trip report, a probe result, a pause) from a bounded queue.
 
 So the hot path never waits on Redis: a stream in a CLOSED breaker with no pause set makes no Redis
-call at all. The only inline call is leasing a HALF_OPEN probe (``redis_store.py``), bounded by
-``timeout``.
+call at all. The inline calls are leasing a HALF_OPEN probe (``redis_store.py``) and, once per breaker
+and process, reading that breaker before its first call (a process started while the fleet's breaker
+is OPEN sends nothing); a process's first call also waits for the first refresh (pauses, budget).
+
+Every Redis call runs on :class:`_Calls`, a few daemon threads of our own, and its caller waits for it
+at most ``timeout`` *in total* (a new connection's handshake, NOSCRIPT, a client's own retries and a
+Redis that answers slowly but steadily included): never on asyncio's default executor, whatever
+client the user passed. A call still running past its deadline keeps its thread until the client
+gives up; once every thread is held so, a new call fails at once (the fallback below) instead of
+queueing. At exit (``atexit``) and ``close()``, the queued writes (votes, probe results) are written
+in one round trip, bounded by ``timeout`` too.
 
 Redis down or slow never fails a request: on any error the process runs on its local state (its
 own breakers, its own retry budget, no pauses: fail-open), logs ``store.unavailable`` once, counts
@@ -23,6 +32,7 @@ shares again. The Redis URL is never logged (it may hold a password).
 from __future__ import annotations
 
 import asyncio
+import atexit
 import math
 import os
 import queue
@@ -32,6 +42,8 @@ import time
 import uuid
 import weakref
 from collections.abc import Callable
+from concurrent import futures
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -51,6 +63,122 @@ StoreOperation = Literal["refresh", "lease", "write", "queue_full"]
 _STOP = object()
 _KEY_TTL_MS = 24 * 3600 * 1000
 _MAX_FIELD = 200  # characters of a server or model name in a pause field
+_CALL_THREADS = 8  # store threads per process: stuck calls hold at most this many
+_MAX_WAITING = 1024  # calls queued or running at once; past it a new call fails at once
+_MAX_BATCH = 500  # queued writes sent in one pipelined round trip
+_GRACE = 1.0  # seconds close() waits for the background thread beyond its current call's bound
+# One class from Python 3.11 on; three before.
+_TIMEOUTS = (TimeoutError, futures.TimeoutError, asyncio.TimeoutError)
+_IDLE = 30.0  # seconds a store thread waits for work before it ends (a fleet never closed)
+
+
+class StoreBusy(RuntimeError):
+    """Every store thread is held by a call past its deadline (Redis stopped answering), or too many
+    calls wait: the call fails at once and the process runs on its local state."""
+
+
+_Work = tuple[Future[Any], Callable[..., Any], tuple[Any, ...], float]
+
+
+class _Calls:
+    """The threads every Redis call runs on (``streamsentinel-fleet-call-N``, daemon, started on
+    demand, at most ``size``): a caller waits on the :class:`Future` with its own deadline, so a
+    stuck client blocks one of our threads, never the caller, the host's executor, or ``close()``."""
+
+    def __init__(self, size: int, stuck_after: float) -> None:
+        self.size = size
+        self.stuck_after = stuck_after
+        self._lock = threading.Lock()
+        self._work: queue.SimpleQueue[_Work | None] = queue.SimpleQueue()
+        self._closed = False
+        self._threads = 0  # alive; never fewer than the calls waiting
+        self._numbers = 0  # threads started so far (their names)
+        self._waiting = 0  # calls submitted and not finished (queued or running)
+        self._running: dict[int, float] = {}  # thread number -> when its call was submitted
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+        """Run ``fn(*args)`` on a store thread; raises :class:`StoreBusy` when it cannot start soon."""
+        future: Future[Any] = Future()
+        now = time.monotonic()
+        with self._lock:
+            if self._closed:
+                raise StoreBusy("the fleet is closed")
+            if self._waiting >= self.size:
+                # stuck: its caller's deadline is over, the thread still waits on Redis
+                old = now - self.stuck_after
+                stuck = sum(1 for submitted in self._running.values() if submitted <= old)
+                if stuck >= self.size:
+                    raise StoreBusy(f"all {self.size} store threads wait on Redis past their deadline")
+                if self._waiting >= _MAX_WAITING:
+                    raise StoreBusy(f"{_MAX_WAITING} store calls wait already")
+            if self._threads < min(self._waiting + 1, self.size):
+                number = self._numbers + 1
+                thread = threading.Thread(
+                    target=self._serve,
+                    args=(number,),
+                    name=f"streamsentinel-fleet-call-{number}",
+                    daemon=True,
+                )
+                try:
+                    thread.start()
+                    self._numbers = number
+                    self._threads += 1
+                except RuntimeError:  # at interpreter shutdown (3.12): the threads we have serve it
+                    if not self._threads:
+                        raise StoreBusy("no store thread can start at interpreter shutdown") from None
+            self._waiting += 1
+        self._work.put((future, fn, args, now))
+        return future
+
+    def shutdown(self) -> None:
+        """Let every thread end once its current call (if any) returns; later calls are refused."""
+        with self._lock:
+            self._closed = True
+            for _ in range(self._threads):
+                self._work.put(None)
+
+    def _serve(self, number: int) -> None:
+        while True:
+            try:
+                work = self._work.get(timeout=_IDLE)
+            except queue.Empty:
+                with self._lock:
+                    if self._threads > self._waiting:  # every waiting call still has a thread
+                        self._threads -= 1
+                        return
+                continue
+            if work is None:
+                return
+            future, fn, args, submitted = work
+            if future.set_running_or_notify_cancel():  # False: its caller gave up before it started
+                with self._lock:
+                    self._running[number] = submitted
+                try:
+                    future.set_result(fn(*args))
+                except BaseException as exc:
+                    future.set_exception(exc)
+                with self._lock:
+                    del self._running[number]
+            with self._lock:
+                self._waiting -= 1
+            del work, future, fn, args
+
+
+def _retrieve(future: Any) -> None:
+    """Done callback of a shared future nobody may await any more: retrieve its outcome (no
+    "exception was never retrieved" warning)."""
+    if not future.cancelled():
+        future.exception()
+
+
+_OPEN: weakref.WeakSet[Fleet] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_at_exit() -> None:
+    """A process that exits (a recycled worker, a cron job) writes its queued votes and results."""
+    for fleet in list(_OPEN):
+        fleet.close()
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,13 +207,14 @@ class Fleet:
     """The shared state of one ``instrument()`` (see the module docstring).
 
     Args:
-        client: a ``redis.Redis`` (or ``RedisCluster``, Sentinel master...) used by the background
-            thread and by sync probe leases.
+        client: a ``redis.Redis`` (or ``RedisCluster``, Sentinel master...), called only on our
+            store threads (:class:`_Calls`), whatever its own timeouts and retries.
         url: the URL ``client`` was built from, if we built it: async leases then use ``redis.asyncio``
-            clients built from it (one per event loop); without it they run the sync call in a thread.
+            clients built from it (one per event loop); without it they run on the store threads.
         prefix: put before every key (several services can share one Redis).
         refresh_interval: seconds between background refreshes.
-        timeout: seconds an inline probe lease may take before falling back to local state.
+        timeout: seconds any Redis call may take *in total* (waiting for a store thread, connecting,
+            retries included) before its caller falls back to local state.
         min_processes: distinct processes whose local windows must have tripped (within the open
             wait) before a breaker opens fleet-wide.
         quota_pause: seconds an ``insufficient_quota`` 429 without a server delay pauses the server.
@@ -147,6 +276,16 @@ class Fleet:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._started = False
+        self._closed = False
+        self._calls = _Calls(_CALL_THREADS, timeout)
+        # Breakers being read before their first call (name -> the read), and the first refresh.
+        self._reading: dict[str, Future[Any]] = {}
+        self._reading_lock = threading.Lock()
+        self._first: Future[None] = Future()
+        # False until the background thread's first refresh is over (a new process's first call
+        # waits for it, bounded); True without a background thread.
+        self.primed = True
+        _OPEN.add(self)
         if start:
             self.start()
         # A service that instruments before forking its workers (gunicorn --preload): threads do not
@@ -172,18 +311,134 @@ class Fleet:
     def start(self) -> None:
         self._started = True
         if self._thread is None:
+            self.primed = False  # until the thread's first refresh
             self._thread = threading.Thread(target=self._run, name="streamsentinel-fleet", daemon=True)
             self._thread.start()
 
     def close(self) -> None:
-        """Stop the background thread (``uninstrument()``); queued writes are dropped."""
+        """Stop the background thread and write the queued votes and results in one round trip
+        (``uninstrument()``, and at the process's exit). Takes at most about ``2 * timeout + 1``
+        seconds: it never waits for a call stuck on Redis."""
+        if self._closed:
+            return
+        self._closed = True
+        _OPEN.discard(self)
         self._stopping.set()
         try:
             self._queue.put_nowait(_STOP)
         except queue.Full:
             pass
         if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=5.0)
+            self._thread.join(timeout=self.timeout + _GRACE)  # its current call is bounded by timeout
+        self.flush()
+        self._calls.shutdown()
+        self._set_primed()
+
+    def flush(self) -> None:
+        """Write every queued item now, in one pipelined round trip bounded by ``timeout``."""
+        items: list[Any] = []
+        while len(items) < self._queue.maxsize:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not _STOP:
+                items.append(item)
+        if items:
+            self._write_all(items)
+
+    # -- bounded calls ----------------------------------------------------------------------------
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` (a Redis call) on a store thread, waited for at most ``timeout`` in total.
+
+        Raises:
+            TimeoutError: no answer in time (the call may still finish, unobserved).
+            StoreBusy: every store thread is stuck; whatever ``fn`` raises.
+        """
+        future = self._calls.submit(fn, *args)
+        try:
+            return future.result(self.timeout)
+        except _TIMEOUTS:
+            future.cancel()  # not started yet: it never will be
+            raise _timeout() from None
+
+    async def call_async(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """:meth:`call` awaited on the running loop (the loop never blocks; same errors)."""
+        future = self._calls.submit(fn, *args)
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future), self.timeout)
+        except _TIMEOUTS:
+            raise _timeout() from None
+
+    # -- a new process reads the fleet before its first call ---------------------------------------
+
+    def prime(self) -> None:
+        """Before this process's first call: wait (at most ``timeout``) for the first refresh, which
+        the background thread starts at once (the fleet's pauses and retry budget)."""
+        if self.primed:
+            return
+        try:
+            self._first.result(self.timeout)
+        except Exception:
+            pass  # not in time: the refresh's own failure is counted by the refresh
+
+    async def prime_async(self) -> None:
+        """:meth:`prime` on the running loop."""
+        if self.primed:
+            return
+        try:
+            waited = asyncio.wrap_future(self._first)
+            waited.add_done_callback(_retrieve)
+            await asyncio.wait_for(asyncio.shield(waited), self.timeout)
+        except Exception:
+            pass
+
+    def _set_primed(self) -> None:
+        self.primed = True
+        try:
+            self._first.set_result(None)
+        except InvalidStateError:  # set already (the thread's first refresh, then close())
+            pass
+
+    def read_first(self, name: str) -> None:
+        """Read breaker ``name`` before this process's first call through it (one round trip shared
+        by every concurrent first call, at most ``timeout``; a failure: local state)."""
+        self.track(name)
+        try:
+            self._first_read(name).result(self.timeout)
+        except Exception as exc:
+            self.failed("refresh", _timeout() if isinstance(exc, _TIMEOUTS) else exc)
+
+    async def read_first_async(self, name: str) -> None:
+        """:meth:`read_first` on the running loop."""
+        self.track(name)
+        try:
+            waited = asyncio.wrap_future(self._first_read(name))
+            waited.add_done_callback(_retrieve)
+            # shielded: a caller giving up must not cancel the read other first calls wait for
+            await asyncio.wait_for(asyncio.shield(waited), self.timeout)
+        except Exception as exc:
+            self.failed("refresh", _timeout() if isinstance(exc, _TIMEOUTS) else exc)
+
+    def _first_read(self, name: str) -> Future[Any]:
+        with self._reading_lock:
+            future = self._reading.get(name)
+            if future is None:
+                future = self._calls.submit(self._read_one, name)
+                self._reading[name] = future
+                future.add_done_callback(lambda done: self._read_done(name, done))
+        return future
+
+    def _read_one(self, name: str) -> None:
+        # The view is set on the store thread, before the read counts as done: a first call that
+        # comes just after finds it and does not read again.
+        self.set_view(name, self.scripts["READ"]([self.key("breaker", name)], []))
+
+    def _read_done(self, name: str, future: Future[Any]) -> None:
+        with self._reading_lock:
+            if self._reading.get(name) is future:
+                del self._reading[name]
 
     def wait_refreshed(self, count: int = 1, timeout: float = 10.0) -> bool:
         """Wait until ``count`` successful refreshes happened (tests, the demo)."""
@@ -273,13 +528,13 @@ class Fleet:
 
     def lease(self, name: str, permitted: int, lease_ttl: float) -> Any:
         keys, args = self.lease_args(name, permitted, lease_ttl)
-        return self.scripts["LEASE"](keys, args)
+        return self.call(self.scripts["LEASE"], keys, args)
 
     async def lease_async(self, name: str, permitted: int, lease_ttl: float) -> Any:
         keys, args = self.lease_args(name, permitted, lease_ttl)
         script = self._async_script()
-        if script is None:
-            return await asyncio.wait_for(asyncio.to_thread(self.scripts["LEASE"], keys, args), self.timeout)
+        if script is None:  # the user's sync client: on our threads, never the loop's executor
+            return await self.call_async(self.scripts["LEASE"], keys, args)
         return await asyncio.wait_for(script(keys, args), self.timeout)
 
     def _async_script(self) -> Any:
@@ -314,7 +569,9 @@ class Fleet:
 
     def force(self, name: str, state: str, wait: float = 30.0) -> View:
         """Move breaker ``name`` to ``state`` fleet-wide now (operations, tests); one round trip."""
-        answer = self.scripts["FORCE"]([self.key("breaker", name)], [state, int(wait * 1000), _KEY_TTL_MS])
+        answer = self.call(
+            self.scripts["FORCE"], [self.key("breaker", name)], [state, int(wait * 1000), _KEY_TTL_MS]
+        )
         return self.set_view(name, answer)
 
     # -- rate-limit pauses ----------------------------------------------------------------------
@@ -386,6 +643,7 @@ class Fleet:
 
     def _run(self) -> None:
         next_refresh = 0.0
+        first = True
         while not self._stopping.is_set():
             try:
                 item = self._queue.get(timeout=max(0.0, next_refresh - time.monotonic()))
@@ -394,49 +652,82 @@ class Fleet:
             if item is _STOP:
                 break
             if item is not None:
-                self._write(item)
+                items = [item]
+                while len(items) < _MAX_BATCH and not self._stopping.is_set():
+                    try:
+                        item = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if item is _STOP:
+                        break
+                    items.append(item)
+                self._write_all(items)
+                if item is _STOP:
+                    break
             if time.monotonic() >= next_refresh:
                 self.refresh()
                 next_refresh = time.monotonic() + self.refresh_interval
+                if first:
+                    first = False
+                    self._set_primed()
 
     def _write(self, item: Any) -> None:
-        kind = item[0]
+        self._write_all([item])
+
+    def _write_all(self, items: list[Any]) -> None:
+        """Write ``items`` (queued by the hot path) in one pipelined round trip."""
         try:
-            if kind == "result":
-                _, name, version, outcome, slow, c = item
-                answer = self.scripts["RESULT"](
-                    [self.key("breaker", name)],
-                    [
-                        version,
-                        outcome,
-                        1 if slow else 0,
-                        c.permitted_number_of_calls_in_half_open_state,
-                        c.failure_rate_threshold,
-                        c.slow_call_rate_threshold,
-                        *_waits(c),
-                        _KEY_TTL_MS,
-                    ],
-                )
-                self.set_view(name, answer)
-            elif kind == "report":
-                _, name, version, c = item
-                answer = self.scripts["REPORT_OPEN"](
-                    [self.key("breaker", name)],
-                    [
-                        self.process_id,
-                        version,
-                        self.min_processes,
-                        int(c.wait_duration_in_open_state * 1000),
-                        *_waits(c),
-                        _KEY_TTL_MS,
-                    ],
-                )
-                self.set_view(name, answer)
-            elif kind == "pause":
-                _, field, seconds = item
-                self.scripts["PAUSE"]([self.key("pauses", "all")], [field, max(int(seconds * 1000), 1)])
+            answers = self.call(self._send, items)
         except Exception as exc:
             self.failed("write", exc)
+            return
+        for item, answer in zip(items, answers, strict=True):
+            if item[0] in ("result", "report"):
+                self.set_view(item[1], answer)
+
+    def _send(self, items: list[Any]) -> Any:
+        pipe = self.client.pipeline(transaction=False)
+        for item in items:
+            self._queue_write(pipe, item)
+        return pipe.execute()
+
+    def _queue_write(self, pipe: Any, item: Any) -> None:
+        kind = item[0]
+        if kind == "result":
+            _, name, version, outcome, slow, c = item
+            self.scripts["RESULT"](
+                [self.key("breaker", name)],
+                [
+                    version,
+                    outcome,
+                    1 if slow else 0,
+                    c.permitted_number_of_calls_in_half_open_state,
+                    c.failure_rate_threshold,
+                    c.slow_call_rate_threshold,
+                    *_waits(c),
+                    _KEY_TTL_MS,
+                ],
+                client=pipe,
+            )
+        elif kind == "report":
+            _, name, version, c = item
+            self.scripts["REPORT_OPEN"](
+                [self.key("breaker", name)],
+                [
+                    self.process_id,
+                    version,
+                    self.min_processes,
+                    int(c.wait_duration_in_open_state * 1000),
+                    *_waits(c),
+                    _KEY_TTL_MS,
+                ],
+                client=pipe,
+            )
+        else:  # "pause"
+            _, field, seconds = item
+            self.scripts["PAUSE"](
+                [self.key("pauses", "all")], [field, max(int(seconds * 1000), 1)], client=pipe
+            )
 
     def refresh(self) -> bool:
         """One round trip: every tracked breaker, the pauses, the budget flush. False on failure."""
@@ -446,16 +737,7 @@ class Fleet:
             self._pending = flush
             self._requests = self._retries = 0
         try:
-            pipe = self.client.pipeline(transaction=False)
-            for name in names:
-                self.scripts["READ"]([self.key("breaker", name)], [], client=pipe)
-            self.scripts["PAUSES_READ"]([self.key("pauses", "all")], [], client=pipe)
-            self.scripts["BUDGET"](
-                [self.key("budget", "retries")],
-                [flush[0], flush[1], max(math.ceil(self.budget_window), 1)],
-                client=pipe,
-            )
-            answers = pipe.execute()
+            answers = self.call(self._read, names, flush)
         except Exception as exc:
             with self._budget_lock:
                 self._pending = (0, 0)
@@ -473,6 +755,18 @@ class Fleet:
             self.refreshes += 1
             self._refreshed.notify_all()
         return True
+
+    def _read(self, names: list[str], flush: tuple[int, int]) -> Any:
+        pipe = self.client.pipeline(transaction=False)
+        for name in names:
+            self.scripts["READ"]([self.key("breaker", name)], [], client=pipe)
+        self.scripts["PAUSES_READ"]([self.key("pauses", "all")], [], client=pipe)
+        self.scripts["BUDGET"](
+            [self.key("budget", "retries")],
+            [flush[0], flush[1], max(math.ceil(self.budget_window), 1)],
+            client=pipe,
+        )
+        return pipe.execute()
 
     def _take_pauses(self, flat: Any, now: float) -> None:
         fleet = {_text(flat[i]): now + int(flat[i + 1]) / 1000.0 for i in range(0, len(flat), 2)}
@@ -498,9 +792,17 @@ def _after_fork(ref: weakref.ReferenceType[Fleet]) -> None:
     fleet._budget_lock = threading.Lock()
     fleet._view_lock = threading.Lock()
     fleet._async_clients = weakref.WeakKeyDictionary()
+    fleet._calls = _Calls(_CALL_THREADS, fleet.timeout)  # the parent's threads did not survive
+    fleet._reading = {}
+    fleet._reading_lock = threading.Lock()
+    fleet._first = Future()  # the child's first call waits for the child's first refresh
     fleet._thread = None
     if fleet._started:
         fleet.start()
+
+
+def _timeout() -> TimeoutError:
+    return TimeoutError("Redis did not answer within redis_timeout")
 
 
 def _text(value: Any) -> str:

@@ -17,7 +17,10 @@ What is shared and what stays local (interlock-cb's design):
   (``RESULT``, version-fenced) decide CLOSED (every process then resets its local window) or OPEN
   again with the longer wait.
 
-Hot path: ``acquire`` reads the fleet's view kept by the background refresh (``fleet.py``): CLOSED ->
+Hot path: a process's first call through a breaker reads it from Redis first (one round trip shared
+by concurrent first calls, bounded by the fleet's ``timeout``), so a process started while the fleet's
+breaker is OPEN sends nothing. Then ``acquire`` reads the fleet's view kept by the background refresh
+(``fleet.py``): CLOSED ->
 the local breaker decides, no Redis call; OPEN before its end -> rejected, no Redis call; OPEN past
 its end or HALF_OPEN -> one inline ``LEASE`` (bounded by the fleet's ``timeout``; an error or timeout
 falls back to the local breaker). Results of probes are written in the background.
@@ -113,6 +116,8 @@ class RedisBreakerStore:
     def acquire(self, key: str) -> tuple[str, Permit | None]:
         breaker = self._local.get(key)
         name = breaker.name
+        if self._shared and name not in self.fleet.views and not self.fleet.fallback:
+            self.fleet.read_first(name)  # this process's first call through it: read it first (bounded)
         view = self._fleet_view(name)
         if view is None:
             return name, breaker.try_acquire()
@@ -129,6 +134,10 @@ class RedisBreakerStore:
     async def acquire_async(self, key: str) -> tuple[str, Permit | None]:
         breaker = self._local.get(key)
         name = breaker.name
+        if self._shared and name not in self.fleet.views and not self.fleet.fallback:
+            await self.fleet.read_first_async(
+                name
+            )  # this process's first call through it: read it first (bounded)
         view = self._fleet_view(name)
         if view is None:
             return name, breaker.try_acquire()
