@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import httpx2
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -22,6 +23,14 @@ RECORDINGS_DIR = SHARED / "recorded-streams"
 TIMEOUT = httpx2.Timeout(10.0, connect=2.0)
 STALL_TIMEOUT = httpx2.Timeout(0.5, connect=2.0)
 MODEL = "gpt-4o-mini"
+LEGACY_TIMEOUT = httpx.Timeout(**TIMEOUT.as_dict())
+
+
+def legacy_http_client(mode: str, **kwargs: Any) -> Any:
+    """A legacy ``httpx.Client`` (``mode`` ``sync``) or ``httpx.AsyncClient`` for an ``openai``
+    client's ``http_client`` (``Any``: the SDK annotates httpx2's only, though it takes both)."""
+    kwargs.setdefault("timeout", LEGACY_TIMEOUT)
+    return httpx.Client(**kwargs) if mode == "sync" else httpx.AsyncClient(**kwargs)
 
 
 @dataclass
