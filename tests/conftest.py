@@ -12,7 +12,14 @@ import structlog
 import streamsentinel
 from streamsentinel.chaos import ChaosServer
 
-from .support import TIMEOUT, Telemetry, make_telemetry, uncache_streamsentinel_loggers
+from .support import (
+    HTTP_LIBRARIES,
+    TIMEOUT,
+    Telemetry,
+    legacy_http_client,
+    make_telemetry,
+    uncache_streamsentinel_loggers,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -37,15 +44,23 @@ def telemetry() -> Iterator[Telemetry]:
     streamsentinel.uninstrument()
 
 
-@pytest.fixture
-def client(chaos: ChaosServer) -> Iterator[openai.OpenAI]:
-    with openai.OpenAI(base_url=chaos.base_url, api_key="test-key", max_retries=0, timeout=TIMEOUT) as c:
-        yield c
-
-
-@pytest.fixture
-async def aclient(chaos: ChaosServer) -> AsyncIterator[openai.AsyncOpenAI]:
-    async with openai.AsyncOpenAI(
-        base_url=chaos.base_url, api_key="test-key", max_retries=0, timeout=TIMEOUT
+@pytest.fixture(params=HTTP_LIBRARIES)
+def client(request: pytest.FixtureRequest, chaos: ChaosServer) -> Iterator[openai.OpenAI]:
+    legacy = legacy_http_client("sync") if request.param == "httpx" else None
+    with openai.OpenAI(
+        base_url=chaos.base_url, api_key="test-key", max_retries=0, timeout=TIMEOUT, http_client=legacy
     ) as c:
         yield c
+    if legacy is not None:
+        legacy.close()
+
+
+@pytest.fixture(params=HTTP_LIBRARIES)
+async def aclient(request: pytest.FixtureRequest, chaos: ChaosServer) -> AsyncIterator[openai.AsyncOpenAI]:
+    legacy = legacy_http_client("async") if request.param == "httpx" else None
+    async with openai.AsyncOpenAI(
+        base_url=chaos.base_url, api_key="test-key", max_retries=0, timeout=TIMEOUT, http_client=legacy
+    ) as c:
+        yield c
+    if legacy is not None:
+        await legacy.aclose()

@@ -15,7 +15,7 @@ from openai.types.chat import ChatCompletion
 from streamsentinel import StreamTruncatedError
 from streamsentinel.chaos import ChaosServer, Fault, FaultPlan, FaultSpec
 
-from .support import MODEL, TIMEOUT, Telemetry, chat_kwargs, chat_text, settle
+from .support import MODEL, TIMEOUT, Telemetry, chat_kwargs, chat_text, http_library, settle
 
 CHAT_ITEMS = 8  # role chunk, 5 content chunks, finish chunk, usage chunk
 CUT = {"x-chaos-fault": "eof_chunked", "x-chaos-after": "3"}
@@ -112,7 +112,7 @@ def test_streaming_response_iter_lines_counts_one_request(
 def test_streaming_response_raw_read_error_is_failed(telemetry: Telemetry, client: openai.OpenAI) -> None:
     reset = {"x-chaos-fault": "reset", "x-chaos-after": "3"}
     with (
-        pytest.raises(httpx2.ReadError),
+        pytest.raises(http_library(client).ReadError),  # the plain SDK's, of the client's library
         client.chat.completions.with_streaming_response.create(
             **chat_kwargs(extra_headers=reset)
         ) as response,
