@@ -5,8 +5,12 @@ HTTP against the chaos server (its scripted plan answers each HTTP attempt in ar
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,7 +20,9 @@ import pytest
 
 import streamsentinel
 from streamsentinel import StreamTimeoutError
+from streamsentinel._core.ratelimit import scan_headers
 from streamsentinel._core.taxonomy import Failure, classify_request_exception, transport_error_type
+from streamsentinel._sdk import compat
 from streamsentinel.chaos import ChaosServer, Fault, FaultPlan, FaultSpec, RequestRecord
 
 from .support import Telemetry, chat_kwargs, legacy_http_client, make_telemetry, reinstrument, settle
@@ -272,3 +278,57 @@ async def test_the_watchdog_ends_a_stalled_legacy_stream(mode: str, telemetry: T
     assert telemetry.by("openai_stream_requests_total", "outcome") == {"truncated": 1}
     assert telemetry.by("openai_stream_errors_total", "error_type") == {"stall": 1}
     assert telemetry.value("openai_stream_instrumentation_errors_total") == 0
+
+
+# -- headers -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("library", ["httpx2", "httpx"])
+def test_headers_are_read_alike(library: str) -> None:
+    """Issue 15, defect 1 (audit; held before the fix too): a legacy ``httpx.Headers`` keeps the
+    same ``(name, lower-case name, value)`` list as httpx2's, read for rate-limit headers and the
+    content type without a copy."""
+    module: Any = httpx if library == "httpx" else httpx2
+    sent = [
+        ("X-RateLimit-Remaining-Tokens", "7"),
+        ("Content-Type", "text/event-stream"),
+        ("x-request-id", "r1"),
+    ]
+    headers = module.Headers(sent)
+    triples = compat.header_triples(headers)
+    assert triples == [(k.encode(), k.lower().encode(), v.encode()) for k, v in sent]
+    assert compat.header(headers, b"content-type") == "text/event-stream"
+    assert scan_headers(headers, triples) == ("r1", ((b"x-ratelimit-remaining-tokens", b"7"),))
+    assert scan_headers(headers) == scan_headers(headers, triples)
+
+
+NO_LEGACY = """
+import sys
+import openai
+import streamsentinel
+from prometheus_client import CollectorRegistry
+from streamsentinel.chaos import ChaosServer, Fault, FaultPlan, FaultSpec
+
+streamsentinel.instrument(registry=CollectorRegistry())
+request = {"model": "m", "messages": [{"role": "user", "content": "x"}], "stream": True}
+limited = FaultSpec(fault=Fault.RATE_LIMIT_REQUESTS, retry_after_ms=1)
+with ChaosServer(FaultPlan(script=[limited, FaultSpec(), limited]), chunks=5) as server:
+    with openai.OpenAI(base_url=server.base_url, api_key="k", max_retries=2) as client:
+        assert len(list(client.chat.completions.create(**request))) == 7
+        with client.chat.completions.with_streaming_response.create(**request) as response:
+            assert b"".join(response.iter_bytes()).endswith(b"[DONE]\\n\\n")
+        try:
+            list(client.chat.completions.create(**request, extra_headers={"x-chaos-fault": "reset"}))
+        except openai.APIConnectionError:  # its cause: an httpx2.ReadError, classified
+            pass
+sys.exit(3 if "httpx" in sys.modules else 0)
+"""
+
+
+def test_legacy_httpx_is_never_imported() -> None:
+    """Issue 15, defect 1 (the fix's promise): an application on httpx2 only never gets legacy
+    ``httpx`` imported by streamsentinel (a 429's body read ahead, a raw read, a cut classified)."""
+    src = str(Path(streamsentinel.__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", NO_LEGACY], env=env, timeout=120, check=False)
+    assert done.returncode == 0
