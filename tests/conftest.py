@@ -1,5 +1,6 @@
 """Shared fixtures: a real chaos server on 127.0.0.1, streamsentinel instrumented into a private
-registry and an in-memory span exporter, and real openai clients pointed at the server."""
+registry and an in-memory span exporter, and real openai clients pointed at the server, each test
+run over both HTTP libraries the SDK takes (``library``: httpx2, and a legacy httpx client)."""
 
 from __future__ import annotations
 
@@ -14,10 +15,9 @@ from streamsentinel.chaos import ChaosServer
 
 from .support import (
     HTTP_LIBRARIES,
-    TIMEOUT,
     Telemetry,
-    legacy_http_client,
     make_telemetry,
+    sdk_client,
     uncache_streamsentinel_loggers,
 )
 
@@ -45,22 +45,19 @@ def telemetry() -> Iterator[Telemetry]:
 
 
 @pytest.fixture(params=HTTP_LIBRARIES)
-def client(request: pytest.FixtureRequest, chaos: ChaosServer) -> Iterator[openai.OpenAI]:
-    legacy = legacy_http_client("sync") if request.param == "httpx" else None
-    with openai.OpenAI(
-        base_url=chaos.base_url, api_key="test-key", max_retries=0, timeout=TIMEOUT, http_client=legacy
-    ) as c:
-        yield c
-    if legacy is not None:
-        legacy.close()
+def library(request: pytest.FixtureRequest) -> str:
+    """The HTTP library under the test's SDK clients (``HTTP_LIBRARIES``)."""
+    name: str = request.param
+    return name
 
 
-@pytest.fixture(params=HTTP_LIBRARIES)
-async def aclient(request: pytest.FixtureRequest, chaos: ChaosServer) -> AsyncIterator[openai.AsyncOpenAI]:
-    legacy = legacy_http_client("async") if request.param == "httpx" else None
-    async with openai.AsyncOpenAI(
-        base_url=chaos.base_url, api_key="test-key", max_retries=0, timeout=TIMEOUT, http_client=legacy
-    ) as c:
+@pytest.fixture
+def client(library: str, chaos: ChaosServer) -> Iterator[openai.OpenAI]:
+    with sdk_client("sync", library, base_url=chaos.base_url, api_key="test-key", max_retries=0) as c:
         yield c
-    if legacy is not None:
-        await legacy.aclose()
+
+
+@pytest.fixture
+async def aclient(library: str, chaos: ChaosServer) -> AsyncIterator[openai.AsyncOpenAI]:
+    async with sdk_client("async", library, base_url=chaos.base_url, api_key="test-key", max_retries=0) as c:
+        yield c

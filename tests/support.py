@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import httpx2
+import openai
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -36,6 +37,18 @@ def legacy_http_client(mode: str, **kwargs: Any) -> Any:
     client's ``http_client`` (``Any``: the SDK annotates httpx2's only, though it takes both)."""
     kwargs.setdefault("timeout", LEGACY_TIMEOUT)
     return httpx.Client(**kwargs) if mode == "sync" else httpx.AsyncClient(**kwargs)
+
+
+def sdk_client(mode: str, library: str, **kwargs: Any) -> Any:
+    """An ``openai.OpenAI`` (``mode`` ``sync``) or ``openai.AsyncOpenAI`` over ``library``
+    (``HTTP_LIBRARIES``), ``timeout`` ``TIMEOUT`` unless given; its ``close()`` closes the legacy
+    client too."""
+    kwargs.setdefault("timeout", TIMEOUT)
+    if library == "httpx":
+        timeout = kwargs["timeout"]
+        legacy = httpx.Timeout(**timeout.as_dict()) if isinstance(timeout, httpx2.Timeout) else timeout
+        kwargs["http_client"] = legacy_http_client(mode, timeout=legacy)
+    return openai.OpenAI(**kwargs) if mode == "sync" else openai.AsyncOpenAI(**kwargs)
 
 
 def http_library(client: Any) -> ModuleType:

@@ -11,7 +11,6 @@ from collections.abc import Callable, Iterator, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
 import httpx2
 import openai
 import pytest
@@ -22,14 +21,13 @@ from openai.types.responses import Response
 from streamsentinel.chaos import ChaosServer, Fault, FaultPlan, FaultSpec
 
 from .support import (
-    HTTP_LIBRARIES,
     MODEL,
     STALL_TIMEOUT,
     TIMEOUT,
     Telemetry,
     chat_kwargs,
     chat_text,
-    legacy_http_client,
+    sdk_client,
 )
 
 CHAT_ITEMS = 8
@@ -60,25 +58,14 @@ class Seen:
     logs: list[MutableMapping[str, Any]]
 
 
-def legacy(library: str, mode: str, timeout: httpx2.Timeout) -> Any:
-    """The ``http_client`` over ``library``: None for the SDK's own httpx2 one."""
-    if library == "httpx2":
-        return None
-    return legacy_http_client(mode, timeout=httpx.Timeout(**timeout.as_dict()))
-
-
 def consume_sync(server: ChaosServer, timeout: httpx2.Timeout, library: str) -> Seen:
     items: list[ChatCompletionChunk] = []
-    http = legacy(library, "sync", timeout)
     with (
         structlog.testing.capture_logs() as logs,
-        openai.OpenAI(
-            base_url=server.base_url, api_key="test-key", max_retries=2, timeout=timeout, http_client=http
+        sdk_client(
+            "sync", library, base_url=server.base_url, api_key="k", max_retries=2, timeout=timeout
         ) as client,
-        contextlib.ExitStack() as stack,
     ):
-        if http is not None:
-            stack.enter_context(http)
         try:
             stream = client.chat.completions.create(**chat_kwargs())
             with stream:
@@ -90,16 +77,10 @@ def consume_sync(server: ChaosServer, timeout: httpx2.Timeout, library: str) -> 
 
 async def consume_async(server: ChaosServer, timeout: httpx2.Timeout, library: str) -> Seen:
     items: list[ChatCompletionChunk] = []
-    http = legacy(library, "async", timeout)
     with structlog.testing.capture_logs() as logs:
-        async with (
-            openai.AsyncOpenAI(
-                base_url=server.base_url, api_key="test-key", max_retries=2, timeout=timeout, http_client=http
-            ) as client,
-            contextlib.AsyncExitStack() as stack,
-        ):
-            if http is not None:
-                await stack.enter_async_context(http)
+        async with sdk_client(
+            "async", library, base_url=server.base_url, api_key="k", max_retries=2, timeout=timeout
+        ) as client:
             try:
                 stream = await client.chat.completions.create(**chat_kwargs())
                 async with stream:
@@ -116,13 +97,6 @@ async def consume(mode: str, server: ChaosServer, library: str, timeout: httpx2.
     if mode == "sync":
         return consume_sync(server, timeout, library)
     return await consume_async(server, timeout, library)
-
-
-@pytest.fixture(params=HTTP_LIBRARIES)
-def library(request: pytest.FixtureRequest) -> str:
-    """The HTTP library under the test's SDK client."""
-    param: str = request.param
-    return param
 
 
 def span_retry_events(telemetry: Telemetry) -> list[dict[str, Any]]:
