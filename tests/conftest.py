@@ -1,5 +1,6 @@
 """Shared fixtures: a real chaos server on 127.0.0.1, streamsentinel instrumented into a private
-registry and an in-memory span exporter, and real openai clients pointed at the server."""
+registry and an in-memory span exporter, and real openai clients pointed at the server, each test
+run over both HTTP libraries the SDK takes (``library``: httpx2, and a legacy httpx client)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,13 @@ import structlog
 import streamsentinel
 from streamsentinel.chaos import ChaosServer
 
-from .support import TIMEOUT, Telemetry, make_telemetry, uncache_streamsentinel_loggers
+from .support import (
+    HTTP_LIBRARIES,
+    Telemetry,
+    make_telemetry,
+    sdk_client,
+    uncache_streamsentinel_loggers,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -37,15 +44,20 @@ def telemetry() -> Iterator[Telemetry]:
     streamsentinel.uninstrument()
 
 
+@pytest.fixture(params=HTTP_LIBRARIES)
+def library(request: pytest.FixtureRequest) -> str:
+    """The HTTP library under the test's SDK clients (``HTTP_LIBRARIES``)."""
+    name: str = request.param
+    return name
+
+
 @pytest.fixture
-def client(chaos: ChaosServer) -> Iterator[openai.OpenAI]:
-    with openai.OpenAI(base_url=chaos.base_url, api_key="test-key", max_retries=0, timeout=TIMEOUT) as c:
+def client(library: str, chaos: ChaosServer) -> Iterator[openai.OpenAI]:
+    with sdk_client("sync", library, base_url=chaos.base_url, api_key="test-key", max_retries=0) as c:
         yield c
 
 
 @pytest.fixture
-async def aclient(chaos: ChaosServer) -> AsyncIterator[openai.AsyncOpenAI]:
-    async with openai.AsyncOpenAI(
-        base_url=chaos.base_url, api_key="test-key", max_retries=0, timeout=TIMEOUT
-    ) as c:
+async def aclient(library: str, chaos: ChaosServer) -> AsyncIterator[openai.AsyncOpenAI]:
+    async with sdk_client("async", library, base_url=chaos.base_url, api_key="test-key", max_retries=0) as c:
         yield c

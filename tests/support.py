@@ -5,9 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
+import httpx
 import httpx2
+import openai
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -22,6 +25,36 @@ RECORDINGS_DIR = SHARED / "recorded-streams"
 TIMEOUT = httpx2.Timeout(10.0, connect=2.0)
 STALL_TIMEOUT = httpx2.Timeout(0.5, connect=2.0)
 MODEL = "gpt-4o-mini"
+LEGACY_TIMEOUT = httpx.Timeout(**TIMEOUT.as_dict())
+HTTP_LIBRARIES = ["httpx2", "httpx"]
+"""What an ``openai`` 3.x client can run on: its own ``httpx2`` (the default) or a legacy ``httpx``
+client (``http_client=httpx.Client()``, as litellm passes on every call). The ``client`` and
+``aclient`` fixtures run each test over both."""
+
+
+def legacy_http_client(mode: str, **kwargs: Any) -> Any:
+    """A legacy ``httpx.Client`` (``mode`` ``sync``) or ``httpx.AsyncClient`` for an ``openai``
+    client's ``http_client`` (``Any``: the SDK annotates httpx2's only, though it takes both)."""
+    kwargs.setdefault("timeout", LEGACY_TIMEOUT)
+    return httpx.Client(**kwargs) if mode == "sync" else httpx.AsyncClient(**kwargs)
+
+
+def sdk_client(mode: str, library: str, **kwargs: Any) -> Any:
+    """An ``openai.OpenAI`` (``mode`` ``sync``) or ``openai.AsyncOpenAI`` over ``library``
+    (``HTTP_LIBRARIES``), ``timeout`` ``TIMEOUT`` unless given; its ``close()`` closes the legacy
+    client too."""
+    kwargs.setdefault("timeout", TIMEOUT)
+    if library == "httpx":
+        timeout = kwargs["timeout"]
+        legacy = httpx.Timeout(**timeout.as_dict()) if isinstance(timeout, httpx2.Timeout) else timeout
+        kwargs["http_client"] = legacy_http_client(mode, timeout=legacy)
+    return openai.OpenAI(**kwargs) if mode == "sync" else openai.AsyncOpenAI(**kwargs)
+
+
+def http_library(client: Any) -> ModuleType:
+    """The HTTP library under an ``openai`` client (its transport exceptions are that library's):
+    legacy ``httpx`` when it was given one, else ``httpx2``."""
+    return httpx if isinstance(client._client, (httpx.Client, httpx.AsyncClient)) else httpx2
 
 
 @dataclass

@@ -15,7 +15,7 @@ from openai.types.chat import ChatCompletion
 from streamsentinel import StreamTruncatedError
 from streamsentinel.chaos import ChaosServer, Fault, FaultPlan, FaultSpec
 
-from .support import MODEL, TIMEOUT, Telemetry, chat_kwargs, chat_text, settle
+from .support import MODEL, Telemetry, chat_kwargs, chat_text, http_library, sdk_client, settle
 
 CHAT_ITEMS = 8  # role chunk, 5 content chunks, finish chunk, usage chunk
 CUT = {"x-chaos-fault": "eof_chunked", "x-chaos-after": "3"}
@@ -112,7 +112,7 @@ def test_streaming_response_iter_lines_counts_one_request(
 def test_streaming_response_raw_read_error_is_failed(telemetry: Telemetry, client: openai.OpenAI) -> None:
     reset = {"x-chaos-fault": "reset", "x-chaos-after": "3"}
     with (
-        pytest.raises(httpx2.ReadError),
+        pytest.raises(http_library(client).ReadError),  # the plain SDK's, of the client's library
         client.chat.completions.with_streaming_response.create(
             **chat_kwargs(extra_headers=reset)
         ) as response,
@@ -172,10 +172,10 @@ def assert_non_streaming_counted(telemetry: Telemetry) -> None:
     assert telemetry.spans() == ()
 
 
-def test_non_streaming_429_and_retry_are_counted(telemetry: Telemetry) -> None:
+def test_non_streaming_429_and_retry_are_counted(telemetry: Telemetry, library: str) -> None:
     with (
         rate_limited_then_ok() as server,
-        openai.OpenAI(base_url=server.base_url, api_key="test-key", max_retries=2, timeout=TIMEOUT) as client,
+        sdk_client("sync", library, base_url=server.base_url, api_key="test-key", max_retries=2) as client,
     ):
         completion = client.chat.completions.create(model=MODEL, messages=MESSAGES)
         assert [r.fault for r in server.wait_for_records(2)] == [Fault.RATE_LIMIT_REQUESTS, Fault.NONE]
@@ -183,21 +183,21 @@ def test_non_streaming_429_and_retry_are_counted(telemetry: Telemetry) -> None:
     assert_non_streaming_counted(telemetry)
 
 
-async def test_non_streaming_429_and_retry_are_counted_async(telemetry: Telemetry) -> None:
+async def test_non_streaming_429_and_retry_are_counted_async(telemetry: Telemetry, library: str) -> None:
     with rate_limited_then_ok() as server:
-        async with openai.AsyncOpenAI(
-            base_url=server.base_url, api_key="test-key", max_retries=2, timeout=TIMEOUT
+        async with sdk_client(
+            "async", library, base_url=server.base_url, api_key="k", max_retries=2
         ) as client:
             completion = await client.chat.completions.create(model=MODEL, messages=MESSAGES)
     assert type(completion) is ChatCompletion
     assert_non_streaming_counted(telemetry)
 
 
-def test_non_streaming_final_429_is_the_sdks_error(telemetry: Telemetry) -> None:
+def test_non_streaming_final_429_is_the_sdks_error(telemetry: Telemetry, library: str) -> None:
     plan = FaultPlan(script=[FaultSpec(fault=Fault.RATE_LIMIT_REQUESTS, retry_after_ms=1)])
     with (
         ChaosServer(plan, chunks=5) as server,
-        openai.OpenAI(base_url=server.base_url, api_key="test-key", max_retries=0, timeout=TIMEOUT) as client,
+        sdk_client("sync", library, base_url=server.base_url, api_key="test-key", max_retries=0) as client,
         pytest.raises(openai.RateLimitError),
     ):
         client.chat.completions.create(model=MODEL, messages=MESSAGES)
@@ -208,7 +208,9 @@ def test_non_streaming_final_429_is_the_sdks_error(telemetry: Telemetry) -> None
 
 
 @pytest.mark.parametrize("api", ["sync", "async"])
-async def test_a_non_streaming_429_body_is_not_read_twice(telemetry: Telemetry, api: str) -> None:
+async def test_a_non_streaming_429_body_is_not_read_twice(
+    telemetry: Telemetry, api: str, library: str
+) -> None:
     """The SDK's send() has read a non-streaming 429's body already: reading it again (to tell the
     429's kind) would wait on the socket until the read timeout, and lose the connection. The next
     call goes out on the same connection, as without streamsentinel."""
@@ -216,13 +218,15 @@ async def test_a_non_streaming_429_body_is_not_read_twice(telemetry: Telemetry, 
     timeout = httpx2.Timeout(10.0, connect=2.0, read=3.0)  # broken: waits this long, then fails
     with ChaosServer(plan, chunks=5) as server:
         if api == "sync":
-            with openai.OpenAI(base_url=server.base_url, api_key="k", max_retries=0, timeout=timeout) as c:
+            with sdk_client(
+                "sync", library, base_url=server.base_url, api_key="k", max_retries=0, timeout=timeout
+            ) as c:
                 with pytest.raises(openai.RateLimitError) as raised:
                     c.chat.completions.create(model=MODEL, messages=MESSAGES)
                 completion = c.chat.completions.create(model=MODEL, messages=MESSAGES)
         else:
-            async with openai.AsyncOpenAI(
-                base_url=server.base_url, api_key="k", max_retries=0, timeout=timeout
+            async with sdk_client(
+                "async", library, base_url=server.base_url, api_key="k", max_retries=0, timeout=timeout
             ) as ac:
                 with pytest.raises(openai.RateLimitError) as raised:
                     await ac.chat.completions.create(model=MODEL, messages=MESSAGES)
@@ -230,7 +234,7 @@ async def test_a_non_streaming_429_body_is_not_read_twice(telemetry: Telemetry, 
         records = server.wait_for_records(2)
     assert type(completion) is ChatCompletion
     # The SDK's response as it left send(): its body stream untouched (not wrapped for a re-read).
-    assert type(raised.value.response.stream).__module__.startswith("httpx2.")
+    assert type(raised.value.response.stream).__module__.startswith(f"{library}.")
     assert raised.value.body == json.loads(raised.value.response.content)["error"]
     assert [r.connection for r in records] == [records[0].connection] * 2
     assert telemetry.by("openai_stream_rate_limit_events_total", "kind") == {"requests": 1}

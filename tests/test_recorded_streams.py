@@ -15,7 +15,6 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import httpx2
 import openai
 import pytest
 
@@ -23,7 +22,15 @@ import streamsentinel
 from streamsentinel import StreamTruncatedError
 from streamsentinel.chaos import ChaosServer, Fault, Recording, RequestRecord, load_recordings
 
-from .support import RECORDINGS_DIR, TIMEOUT, Telemetry, make_telemetry
+from .support import (
+    HTTP_LIBRARIES,
+    RECORDINGS_DIR,
+    TIMEOUT,
+    Telemetry,
+    http_library,
+    legacy_http_client,
+    make_telemetry,
+)
 
 RECORDINGS: list[Recording] = load_recordings(RECORDINGS_DIR) if RECORDINGS_DIR.is_dir() else []
 pytestmark = pytest.mark.skipif(not RECORDINGS, reason=f"no recordings in {RECORDINGS_DIR}")
@@ -32,10 +39,11 @@ OPERATION = {"chat": "chat", "completions": "text_completion", "responses": "res
 # incomplete_details.reason of a `response.incomplete` -> the finish reason streamsentinel reports.
 INCOMPLETE_REASONS = {"max_output_tokens": "length", "content_filter": "content_filter"}
 SILENT = frozenset({Fault.EOF_CHUNKED, Fault.EOF_CLOSE, Fault.PARTIAL_EVENT})
-# The exception the SDK itself raises for a connection that breaks, and its httpx2 cause.
-SDK_RAISES: Mapping[Fault, type[BaseException]] = {
-    Fault.RESET: httpx2.ReadError,
-    Fault.FIN_IN_CHUNK: httpx2.RemoteProtocolError,
+# The exception the SDK itself raises for a connection that breaks: its cause's class, of the
+# client's HTTP library.
+SDK_RAISES: Mapping[Fault, str] = {
+    Fault.RESET: "ReadError",
+    Fault.FIN_IN_CHUNK: "RemoteProtocolError",
 }
 
 
@@ -204,13 +212,21 @@ def chaos() -> Iterator[ChaosServer]:
         yield server
 
 
-@pytest.fixture(scope="module")
-def base_client() -> Iterator[openai.OpenAI]:
-    # One client (one connection pool) for the module: building one costs more than a replay.
+@pytest.fixture(scope="module", params=HTTP_LIBRARIES)
+def base_client(request: pytest.FixtureRequest) -> Iterator[openai.OpenAI]:
+    # One client (one connection pool) per HTTP library for the module: building one costs more
+    # than a replay.
+    legacy = legacy_http_client("sync") if request.param == "httpx" else None
     with openai.OpenAI(
-        base_url="http://127.0.0.1:9/v1", api_key="test-key", max_retries=0, timeout=TIMEOUT
+        base_url="http://127.0.0.1:9/v1",
+        api_key="test-key",
+        max_retries=0,
+        timeout=TIMEOUT,
+        http_client=legacy,
     ) as c:
         yield c
+    if legacy is not None:
+        legacy.close()
 
 
 @pytest.fixture
@@ -389,8 +405,10 @@ def check_truncated(telemetry: Telemetry, recording: Recording, cut: Cut) -> Non
         assert attrs["streamsentinel.done_seen"] is False
 
 
-def check_raised(items: list[Any], exc: BaseException | None, recording: Recording, cut: Cut) -> None:
-    """What the consumer saw with ``on_truncation="raise"``."""
+def check_raised(
+    items: list[Any], exc: BaseException | None, recording: Recording, cut: Cut, client: Any
+) -> None:
+    """What the consumer saw from ``client`` with ``on_truncation="raise"``."""
     assert len(items) == cut.after
     if cut.silent:
         assert type(exc) is StreamTruncatedError, repr(exc)
@@ -403,7 +421,7 @@ def check_raised(items: list[Any], exc: BaseException | None, recording: Recordi
         assert exc.request.url.path == recording.request["path"]
     else:
         assert type(exc) is openai.APIConnectionError, repr(exc)
-        assert type(exc.__cause__) is SDK_RAISES[cut.fault]
+        assert type(exc.__cause__) is getattr(http_library(client), SDK_RAISES[cut.fault])
 
 
 # ---- 1. whole replays ---------------------------------------------------------------------------
@@ -480,7 +498,7 @@ def test_cut_is_truncated_and_raised(
 ) -> None:
     seen = consume(client, recording, cut.headers(recording))
     check_response_surface(seen, recording)
-    check_raised(seen.items, seen.exc, recording, cut)
+    check_raised(seen.items, seen.exc, recording, cut, client)
     check_truncated(telemetry, recording, cut)
     check_server(chaos.wait_for_records(1), recording, cut.fault, cut.after)
 
@@ -491,7 +509,7 @@ async def test_cut_is_truncated_and_raised_async(
 ) -> None:
     seen = await aconsume(aclient, recording, cut.headers(recording))
     check_response_surface(seen, recording)
-    check_raised(seen.items, seen.exc, recording, cut)
+    check_raised(seen.items, seen.exc, recording, cut, aclient)
     check_truncated(telemetry, recording, cut)
     check_server(await chaos.wait_for_records_async(1), recording, cut.fault, cut.after)
 
@@ -512,7 +530,8 @@ def test_cut_recorded_only_is_transparent(
         assert bare.exc is None and observed.exc is None
     else:
         assert type(observed.exc) is type(bare.exc) is openai.APIConnectionError
-        assert type(observed.exc.__cause__) is type(bare.exc.__cause__) is SDK_RAISES[cut.fault]
+        raises = getattr(http_library(client), SDK_RAISES[cut.fault])
+        assert type(observed.exc.__cause__) is type(bare.exc.__cause__) is raises
     check_truncated(telemetry, recording, cut)
     check_server(chaos.wait_for_records(2), recording, cut.fault, cut.after, count=2)
 
@@ -566,7 +585,7 @@ def test_inline_loop_cut_is_truncated_and_raised(
 ) -> None:
     cut = mid_cut(recording)
     items, exc = consume_inline(client, recording, cut.headers(recording))
-    check_raised(items, exc, recording, cut)
+    check_raised(items, exc, recording, cut, client)
     check_truncated(telemetry, recording, cut)
 
 
@@ -576,7 +595,7 @@ async def test_inline_loop_async(
 ) -> None:
     cut = mid_cut(recording)
     items, exc = await aconsume_inline(aclient, recording, cut.headers(recording))
-    check_raised(items, exc, recording, cut)
+    check_raised(items, exc, recording, cut, aclient)
     check_truncated(telemetry, recording, cut)
 
 
@@ -590,5 +609,5 @@ def test_cut_in_first_bytes_of_event_is_partial_event(
 ) -> None:
     cut = Cut(Fault.PARTIAL_EVENT, terminal_index(recording) // 2, cut_bytes)
     seen = consume(client, recording, cut.headers(recording))
-    check_raised(seen.items, seen.exc, recording, cut)
+    check_raised(seen.items, seen.exc, recording, cut, client)
     check_truncated(telemetry, recording, cut)

@@ -27,6 +27,7 @@ from .support import (
     Telemetry,
     chat_kwargs,
     chat_text,
+    sdk_client,
 )
 
 CHAT_ITEMS = 8
@@ -57,11 +58,13 @@ class Seen:
     logs: list[MutableMapping[str, Any]]
 
 
-def consume_sync(server: ChaosServer, timeout: httpx2.Timeout) -> Seen:
+def consume_sync(server: ChaosServer, timeout: httpx2.Timeout, library: str) -> Seen:
     items: list[ChatCompletionChunk] = []
     with (
         structlog.testing.capture_logs() as logs,
-        openai.OpenAI(base_url=server.base_url, api_key="test-key", max_retries=2, timeout=timeout) as client,
+        sdk_client(
+            "sync", library, base_url=server.base_url, api_key="k", max_retries=2, timeout=timeout
+        ) as client,
     ):
         try:
             stream = client.chat.completions.create(**chat_kwargs())
@@ -72,11 +75,11 @@ def consume_sync(server: ChaosServer, timeout: httpx2.Timeout) -> Seen:
     return Seen(items, None, logs)
 
 
-async def consume_async(server: ChaosServer, timeout: httpx2.Timeout) -> Seen:
+async def consume_async(server: ChaosServer, timeout: httpx2.Timeout, library: str) -> Seen:
     items: list[ChatCompletionChunk] = []
     with structlog.testing.capture_logs() as logs:
-        async with openai.AsyncOpenAI(
-            base_url=server.base_url, api_key="test-key", max_retries=2, timeout=timeout
+        async with sdk_client(
+            "async", library, base_url=server.base_url, api_key="k", max_retries=2, timeout=timeout
         ) as client:
             try:
                 stream = await client.chat.completions.create(**chat_kwargs())
@@ -88,9 +91,12 @@ async def consume_async(server: ChaosServer, timeout: httpx2.Timeout) -> Seen:
     return Seen(items, None, logs)
 
 
-async def consume(mode: str, server: ChaosServer, timeout: httpx2.Timeout = TIMEOUT) -> Seen:
+async def consume(mode: str, server: ChaosServer, library: str, timeout: httpx2.Timeout = TIMEOUT) -> Seen:
+    """Read a chat stream over ``library`` (``HTTP_LIBRARIES``), as the ``client`` fixtures do."""
     # The sync client blocks the test's event loop; the server runs on its own thread.
-    return consume_sync(server, timeout) if mode == "sync" else await consume_async(server, timeout)
+    if mode == "sync":
+        return consume_sync(server, timeout, library)
+    return await consume_async(server, timeout, library)
 
 
 def span_retry_events(telemetry: Telemetry) -> list[dict[str, Any]]:
@@ -118,12 +124,12 @@ RECOVERED = {
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("first", list(RECOVERED), ids=str)
 async def test_one_retry_then_clean_stream(
-    first: Fault, mode: str, scripted: Callable[..., ChaosServer], telemetry: Telemetry
+    first: Fault, mode: str, library: str, scripted: Callable[..., ChaosServer], telemetry: Telemetry
 ) -> None:
     reason, kind = RECOVERED[first]
     server = scripted(fault(first), OK)
     stall = first is Fault.STALL_BEFORE_HEADERS
-    seen = await consume(mode, server, STALL_TIMEOUT if stall else TIMEOUT)
+    seen = await consume(mode, server, library, STALL_TIMEOUT if stall else TIMEOUT)
 
     # The consumer got the whole stream of the second attempt.
     assert seen.exc is None
@@ -169,11 +175,11 @@ async def test_one_retry_then_clean_stream(
 
 @pytest.mark.parametrize("mode", MODES)
 async def test_retries_exhausted(
-    mode: str, scripted: Callable[..., ChaosServer], telemetry: Telemetry
+    mode: str, library: str, scripted: Callable[..., ChaosServer], telemetry: Telemetry
 ) -> None:
     limited = fault(Fault.RATE_LIMIT_REQUESTS)
     server = scripted(limited, limited, limited)
-    seen = await consume(mode, server)
+    seen = await consume(mode, server, library)
 
     assert type(seen.exc) is openai.RateLimitError
     assert seen.items == []
@@ -195,10 +201,10 @@ async def test_retries_exhausted(
 
 @pytest.mark.parametrize("mode", MODES)
 async def test_retries_with_different_reasons(
-    mode: str, scripted: Callable[..., ChaosServer], telemetry: Telemetry
+    mode: str, library: str, scripted: Callable[..., ChaosServer], telemetry: Telemetry
 ) -> None:
     server = scripted(fault(Fault.SERVER_ERROR), fault(Fault.RATE_LIMIT_TOKENS), OK)
-    seen = await consume(mode, server)
+    seen = await consume(mode, server, library)
 
     assert seen.exc is None and len(seen.items) == CHAT_ITEMS
     assert telemetry.by("openai_stream_requests_total", "outcome") == {"completed": 1}
@@ -218,10 +224,10 @@ async def test_retries_with_different_reasons(
 
 @pytest.mark.parametrize("mode", MODES)
 async def test_retry_into_a_truncated_stream(
-    mode: str, scripted: Callable[..., ChaosServer], telemetry: Telemetry
+    mode: str, library: str, scripted: Callable[..., ChaosServer], telemetry: Telemetry
 ) -> None:
     server = scripted(fault(Fault.SERVER_ERROR), FaultSpec(fault=Fault.EOF_CHUNKED, after=3))
-    seen = await consume(mode, server)
+    seen = await consume(mode, server, library)
 
     assert type(seen.exc).__name__ == "StreamTruncatedError"
     assert len(seen.items) == 3

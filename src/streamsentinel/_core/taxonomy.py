@@ -16,9 +16,9 @@ import json
 from dataclasses import dataclass
 from typing import Literal
 
-import httpx2
 import openai
 
+from . import httplib
 from .ratelimit import RateLimitKind, classify_429, error_fields, retry_delay_seconds
 
 __all__ = ["RateLimitKind"]
@@ -185,10 +185,11 @@ def status_error_type(status: int) -> ErrorType:
 
 
 def transport_error_type(exc: BaseException) -> ErrorType:
-    """An HTTP attempt that raised before any response: ``timeout`` or ``connection_error``."""
+    """An HTTP attempt that raised before any response (an ``httpx2`` or legacy ``httpx``
+    exception): ``timeout`` or ``connection_error``."""
     return (
         "timeout"
-        if isinstance(exc, (httpx2.TimeoutException, openai.APITimeoutError))
+        if isinstance(exc, openai.APITimeoutError) or httplib.is_timeout(exc)
         else "connection_error"
     )
 
@@ -215,7 +216,7 @@ def classify_request_exception(exc: BaseException) -> Failure | None:
     if isinstance(exc, openai.APIStatusError):
         return _status_failure(exc)
     if isinstance(exc, openai.APITimeoutError):
-        connect = isinstance(exc.__cause__, httpx2.ConnectTimeout)
+        connect = httplib.is_connect_timeout(exc.__cause__)  # of either library
         return Failure("connect_timeout" if connect else "timeout")
     if isinstance(exc, openai.APIConnectionError):
         return Failure("connection_error")

@@ -5,7 +5,9 @@ The body tells a requests/tokens 429 from quota exhaustion, and the SDK never re
 a stream that gives the SDK the same bytes: all of them when the body was whole (then read and
 decoded as usual, cached on the response); when the body broke (reset, short ``Content-Length``,
 stall), the bytes that came and then the very exception, so the consumer sees exactly the SDK's
-own error (not ``ResponseNotRead``).
+own error (not ``ResponseNotRead``). The stream put back is one of the library that built the
+response (``httpx2``, or a legacy ``httpx`` client's: each refuses the other's); a response of
+neither is left unread.
 """
 
 from __future__ import annotations
@@ -13,13 +15,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-import httpx2
+from .._core import httplib
 
 _LIMIT = 64 * 1024  # an error body is small: past this, stop reading ahead and pass the rest on
 
 
-class _Replay(httpx2.SyncByteStream, httpx2.AsyncByteStream):
-    """The bytes read ahead, then the exception the read raised, or the rest of the body."""
+class _Replay:
+    """The bytes read ahead, then the exception the read raised, or the rest of the body (made a
+    sync and async byte stream of the response's library by :func:`_replay_class`)."""
 
     def __init__(self, chunks: list[bytes], error: BaseException | None, rest: Any, inner: Any) -> None:
         self._chunks = chunks
@@ -50,6 +53,11 @@ class _Replay(httpx2.SyncByteStream, httpx2.AsyncByteStream):
         await self._inner.aclose()
 
 
+def _replay_class(response: Any) -> type[_Replay] | None:
+    library = httplib.of_response(response)
+    return None if library is None else library.byte_stream(_Replay, sync=True, async_=True)
+
+
 def _already_read(response: Any) -> bool | None:
     """True when the body was read already (a non-streaming call: the SDK's ``send`` read it), so
     ``response.content`` is readable; False when it was consumed without being kept; None when it
@@ -65,11 +73,16 @@ def _already_read(response: Any) -> bool | None:
 
 
 def preread(response: Any) -> bool:
-    """Read ahead the body of ``response`` (a sync ``httpx2.Response`` being streamed) and read it
-    whole through the replay when nothing broke. True when ``response.content`` is then readable."""
+    """Read ahead the body of ``response`` (a sync ``httpx2``/``httpx`` ``Response`` being
+    streamed) and read it whole through the replay when nothing broke. True when
+    ``response.content`` is then readable; False when it is not (also for a response of another
+    library, left unread)."""
     done = _already_read(response)
     if done is not None:
         return done
+    replay = _replay_class(response)
+    if replay is None:
+        return False
     inner = response.stream
     chunks: list[bytes] = []
     size = 0
@@ -79,12 +92,12 @@ def preread(response: Any) -> bool:
             chunks.append(chunk)
             size += len(chunk)
             if size > _LIMIT:
-                response.stream = _Replay(chunks, None, rest, inner)
+                response.stream = replay(chunks, None, rest, inner)
                 return False
     except Exception as exc:
-        response.stream = _Replay(chunks, exc, None, inner)
+        response.stream = replay(chunks, exc, None, inner)
         return False
-    response.stream = _Replay(chunks, None, None, inner)
+    response.stream = replay(chunks, None, None, inner)
     response.read()
     return True
 
@@ -94,6 +107,9 @@ async def apreread(response: Any) -> bool:
     done = _already_read(response)
     if done is not None:
         return done
+    replay = _replay_class(response)
+    if replay is None:
+        return False
     inner = response.stream
     chunks: list[bytes] = []
     size = 0
@@ -103,11 +119,11 @@ async def apreread(response: Any) -> bool:
             chunks.append(chunk)
             size += len(chunk)
             if size > _LIMIT:
-                response.stream = _Replay(chunks, None, rest, inner)
+                response.stream = replay(chunks, None, rest, inner)
                 return False
     except Exception as exc:
-        response.stream = _Replay(chunks, exc, None, inner)
+        response.stream = replay(chunks, exc, None, inner)
         return False
-    response.stream = _Replay(chunks, None, None, inner)
+    response.stream = replay(chunks, None, None, inner)
     await response.aread()
     return True

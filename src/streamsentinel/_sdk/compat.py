@@ -1,5 +1,7 @@
 """Every private name of the ``openai`` package streamsentinel uses, in one place (and the one of
-its transport, ``httpx2.Headers._list``, read with a fallback to the public ``raw``).
+its transport, ``Headers._list``, the same in ``httpx2`` and legacy ``httpx``, read with a fallback
+to the public ``raw``). Which HTTP library built a response (the SDK runs on either):
+``streamsentinel._core.httplib``.
 
 Verified against openai 3.51 to 3.57 (``SUPPORTED``; ``tests/test_sdk_hooks.py`` checks each
 name and signature and fails loudly if one moves). An SDK upgrade is checked here and in
@@ -105,15 +107,16 @@ def _kind(cls: type) -> str | None:
 
 
 def header_triples(headers: Any) -> list[tuple[bytes, bytes, bytes]] | None:
-    """``httpx2.Headers._list``: ``(name, lower-case name, value)`` bytes, as received (None when
-    absent: ``ratelimit.scan_headers`` then reads the public ``raw``)."""
+    """``Headers._list`` (``httpx2``'s or legacy ``httpx``'s, alike): ``(name, lower-case name,
+    value)`` bytes, as received (None when absent: ``ratelimit.scan_headers`` then reads the public
+    ``raw``)."""
     triples: list[tuple[bytes, bytes, bytes]] | None = getattr(headers, "_list", None)
     return triples if isinstance(triples, list) else None
 
 
 def header(headers: Any, lower_name: bytes) -> str | None:
-    """One header's value (``lower_name``: lower-case bytes), read off ``httpx2.Headers._list``
-    without the public lookup's copies; through ``get`` when that list is absent."""
+    """One header's value (``lower_name``: lower-case bytes), read off ``Headers._list`` without
+    the public lookup's copies; through ``get`` when that list is absent."""
     triples = header_triples(headers)
     if triples is None:
         value: str | None = headers.get(lower_name.decode("latin-1"))

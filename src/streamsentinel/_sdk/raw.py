@@ -2,7 +2,8 @@
 (``LegacyAPIResponse``, ``APIResponse``, ``AsyncAPIResponse``).
 
 ``parse()`` hands out the observed stream proxy (built once), so a parsed stream is observed like
-any other. Raw access is observed at the body: the ``httpx2.Response``'s byte stream is wrapped, so
+any other. Raw access is observed at the body: the response's byte stream is wrapped (in one of the
+library that built it: ``httpx2``, or a legacy ``httpx`` client's), so
 every way of reading it (the wrapper's ``iter_bytes``/``read``/``text``/``json``, legacy
 ``content``/``text``, or ``http_response.iter_bytes()`` directly) records the request once:
 ``completed`` when the body was read to its end (a raw read does not decode SSE, so a body that
@@ -15,9 +16,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-import httpx2
 import wrapt
 
+from .._core import httplib
 from .._core.controller import StreamController
 from .._core.reaper import REAPER
 from . import compat
@@ -26,8 +27,9 @@ from .proxy import ObservedAsyncStream, ObservedStream, adopt
 _UNPARSED: Any = object()
 
 
-class _Body(httpx2.SyncByteStream):
-    """The response body, read through: its end (or failure) ends a raw read."""
+class _Body:
+    """The response body, read through: its end (or failure) ends a raw read (made a sync byte
+    stream of the response's library by :func:`watch_body`)."""
 
     def __init__(self, inner: Any, ctl: StreamController) -> None:
         self._inner = inner
@@ -45,7 +47,7 @@ class _Body(httpx2.SyncByteStream):
         self._inner.close()
 
 
-class _AsyncBody(httpx2.AsyncByteStream):
+class _AsyncBody:
     def __init__(self, inner: Any, ctl: StreamController) -> None:
         self._inner = inner
         self._ctl = ctl
@@ -64,12 +66,17 @@ class _AsyncBody(httpx2.AsyncByteStream):
 
 
 def watch_body(ctl: StreamController, response: Any) -> None:
-    """Read ``response``'s body through a wrapper that reports its end to ``ctl``."""
+    """Read ``response``'s body through a wrapper that reports its end to ``ctl`` (a response or
+    body stream of another library is left as it is: the request then ends when it is closed or
+    collected)."""
+    library = httplib.of_response(response)
+    if library is None:
+        return
     inner = response.stream
-    if isinstance(inner, httpx2.AsyncByteStream):
-        response.stream = _AsyncBody(inner, ctl)
-    elif isinstance(inner, httpx2.SyncByteStream):
-        response.stream = _Body(inner, ctl)
+    if isinstance(inner, library.async_byte_stream):
+        response.stream = library.byte_stream(_AsyncBody, sync=False, async_=True)(inner, ctl)
+    elif isinstance(inner, library.sync_byte_stream):
+        response.stream = library.byte_stream(_Body, sync=True, async_=False)(inner, ctl)
 
 
 def _observed(ctl: StreamController, stream: Any) -> Any:
