@@ -4,6 +4,7 @@ when the ``[DONE]`` decoder hook is not in place."""
 
 from __future__ import annotations
 
+import importlib
 import inspect
 from collections.abc import Iterator
 from typing import Any
@@ -40,6 +41,45 @@ def params(func: Any) -> dict[str, inspect.Parameter]:
 
 
 # -- the names and their shapes --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("module", "path"), compat.PRIVATE_NAMES, ids=lambda x: str(x))
+def test_every_private_name_of_compat_is_in_the_installed_sdk(module: str, path: str) -> None:
+    """An SDK upgrade that moves one of them fails here, by name, not at a user's first stream."""
+    target: Any = importlib.import_module(module)
+    for part in path.split("."):
+        assert hasattr(target, part), f"{module}.{path}: {part!r} is missing in openai {openai.__version__}"
+        target = getattr(target, part)
+
+
+async def test_every_private_attribute_of_compat_is_on_real_instances(
+    chaos: ChaosServer, pristine: None
+) -> None:
+    """``compat.PRIVATE_ATTRIBUTES`` read off real objects of the installed SDK (and httpx2)."""
+    seen: dict[str, Any] = {}
+    with openai.OpenAI(base_url=chaos.base_url, api_key="k", max_retries=0, timeout=TIMEOUT) as client:
+        stream = client.chat.completions.create(**chat_kwargs())
+        seen["openai.Stream"] = stream
+        seen["a resource (client.chat.completions)"] = client.chat.completions
+        seen["openai._streaming.SSEDecoder"] = vars(stream)["_decoder"]
+        seen["httpx2.Headers"] = stream.response.headers
+        with client.chat.completions.stream(model="m", messages=[{"role": "user", "content": "x"}]) as helper:
+            seen["openai.lib.streaming.chat._completions.ChatCompletionStream"] = helper
+            for name, attribute in compat.PRIVATE_ATTRIBUTES:
+                if name in seen:
+                    assert hasattr(seen[name], attribute), f"{name}.{attribute} is missing"
+        with client.responses.stream(model="m", input="x") as responses_helper:
+            name = "openai.lib.streaming.responses._responses.ResponseStream"
+            assert hasattr(responses_helper, dict(compat.PRIVATE_ATTRIBUTES)[name])
+        stream.close()
+    async with openai.AsyncOpenAI(base_url=chaos.base_url, api_key="k", max_retries=0, timeout=TIMEOUT) as ac:
+        astream = await ac.chat.completions.create(**chat_kwargs())
+        for name, attribute in compat.PRIVATE_ATTRIBUTES:
+            if name == "openai.AsyncStream":
+                assert hasattr(astream, attribute), f"{name}.{attribute} is missing"
+        await astream.close()
+    checked = set(seen) | {"openai.AsyncStream", "openai.lib.streaming.responses._responses.ResponseStream"}
+    assert {name for name, _ in compat.PRIVATE_ATTRIBUTES} == checked
 
 
 @pytest.mark.parametrize("owner", [SyncAPIClient, AsyncAPIClient])

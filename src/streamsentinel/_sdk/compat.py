@@ -3,7 +3,7 @@ its transport, ``Headers._list``, the same in ``httpx2`` and legacy ``httpx``, r
 to the public ``raw``). Which HTTP library built a response (the SDK runs on either):
 ``streamsentinel._core.httplib``.
 
-Verified against openai 3.51 to 3.57 (``SUPPORTED``; ``tests/test_sdk_hooks.py`` checks each
+Verified against openai 3.51 to 3.60 (``SUPPORTED``; ``tests/test_sdk_hooks.py`` checks each
 name and signature and fails loudly if one moves). An SDK upgrade is checked here and in
 ``pyproject.toml``'s ``openai`` range, nowhere else.
 """
@@ -20,6 +20,8 @@ from openai._response import APIResponse, AsyncAPIResponse
 from openai._streaming import ServerSentEvent, SSEDecoder
 
 __all__ = [
+    "PRIVATE_ATTRIBUTES",
+    "PRIVATE_NAMES",
     "RAW_RESPONSES",
     "SUPPORTED",
     "APIResponse",
@@ -191,3 +193,38 @@ def check_sse_decoder_factory() -> None:
     made = BaseClient.__dict__[MAKE_SSE_DECODER](None)
     if type(made) is not SSEDecoder:
         raise TypeError(f"BaseClient._make_sse_decoder returns {type(made)!r}, expected SSEDecoder")
+
+
+PRIVATE_NAMES: tuple[tuple[str, str], ...] = (
+    ("openai._base_client", "SyncAPIClient." + SEND_REQUEST),
+    ("openai._base_client", "AsyncAPIClient." + SEND_REQUEST),
+    ("openai._base_client", "SyncAPIClient." + SLEEP_FOR_RETRY),
+    ("openai._base_client", "AsyncAPIClient." + SLEEP_FOR_RETRY),
+    ("openai._base_client", "SyncAPIClient." + REQUEST),
+    ("openai._base_client", "AsyncAPIClient." + REQUEST),
+    ("openai._base_client", "BaseClient." + MAKE_SSE_DECODER),
+    ("openai._streaming", "SSEDecoder"),
+    ("openai._streaming", "SSEDecoder._reset"),
+    ("openai._streaming", "ServerSentEvent"),
+    ("openai._legacy_response", "LegacyAPIResponse"),
+    ("openai._response", "APIResponse"),
+    ("openai._response", "AsyncAPIResponse"),
+    *HELPER_STREAMS,
+)
+"""Every private module-level or class-level name used, as ``(module, dotted attribute path)``
+(``tests/test_sdk_hooks.py`` resolves each in the installed SDK)."""
+
+PRIVATE_ATTRIBUTES: tuple[tuple[str, str], ...] = (
+    ("openai.Stream", "_iterator"),
+    ("openai.Stream", "_decoder"),
+    ("openai.AsyncStream", "_iterator"),
+    ("openai.AsyncStream", "_decoder"),
+    ("a resource (client.chat.completions)", "_client"),
+    ("openai.lib.streaming.chat._completions.ChatCompletionStream", "_raw_stream"),
+    ("openai.lib.streaming.responses._responses.ResponseStream", "_raw_stream"),
+    ("openai._streaming.SSEDecoder", "_data"),
+    ("openai._streaming.SSEDecoder", "_event"),
+    ("httpx2.Headers", "_list"),
+)
+"""Private instance attributes read, as ``(the object's type, attribute)`` (checked on real
+instances by ``tests/test_sdk_hooks.py``)."""
