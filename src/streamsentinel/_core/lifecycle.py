@@ -25,6 +25,7 @@ from .._resilience.store import BreakerStore
 from .._resilience.watchdog import Watchdog
 from ..errors import CircuitOpenError
 from ..instrumentation._data import Event, Rejection, StreamStart
+from . import forksafe
 from .attempts import Attempts
 from .chunks import PREAMBLE, READERS
 from .config import Settings
@@ -51,6 +52,10 @@ class BoundedLabel:
     def __init__(self, limit: int) -> None:
         self._limit = limit
         self._seen: set[str] = set()
+        self._lock = threading.Lock()
+        forksafe.register(self)
+
+    def _after_fork_in_child(self) -> None:
         self._lock = threading.Lock()
 
     def __call__(self, value: str) -> str:

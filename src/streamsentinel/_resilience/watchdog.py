@@ -25,6 +25,8 @@ from collections.abc import Callable
 from time import perf_counter
 from typing import Any
 
+from .._core import forksafe
+
 
 def _socket_of(response: Any) -> Any:
     """The response's socket: a ``socket.socket`` (sync) or asyncio's ``TransportSocket``."""
@@ -53,6 +55,15 @@ class Watchdog:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
+        forksafe.register(self)
+
+    def _after_fork_in_child(self) -> None:
+        # The watched streams are the parent's: shutting their sockets (shared with the parent)
+        # down would cut the parent's streams.
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._thread = None
+        self._watched = set()
 
     @property
     def enabled(self) -> bool:

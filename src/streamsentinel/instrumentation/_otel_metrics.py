@@ -61,6 +61,7 @@ from opentelemetry.semconv.attributes.server_attributes import SERVER_ADDRESS, S
 from opentelemetry.semconv.schemas import Schemas
 from opentelemetry.util.types import AttributeValue
 
+from .._core import forksafe
 from ._data import (
     BreakerCall,
     BreakerRates,
@@ -215,6 +216,7 @@ class OTelMetricsSink:
         )
         self._fallback: int | None = None
         self._lock = threading.Lock()
+        forksafe.register(self)
         self._states: dict[str, str] = {}
         self._rates: dict[str, tuple[float, float]] = {}
         gauge = meter.create_observable_gauge
@@ -222,6 +224,9 @@ class OTelMetricsSink:
         gauge(b + "failure_rate", [self._rate_callback(0)], "1", "Sliding-window failure rate, 0..1.")
         gauge(b + "slow_call_rate", [self._rate_callback(1)], "1", "Sliding-window slow-call rate, 0..1.")
         gauge(st + "fallback", [self._observe_fallback], "1", "1 while running on local state (Redis down).")
+
+    def _after_fork_in_child(self) -> None:
+        self._lock = threading.Lock()
 
     @property
     def recording(self) -> bool:
