@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 # Light: importing the package imports neither openai, OpenTelemetry nor prometheus_client (a
 # process started under `streamsentinel run` pays nothing until it uses them).
-from ._core import forksafe
+from . import _forksafe as forksafe
 from ._resilience.breaker_config import BreakerConfig, SlidingWindowType, State
 
 if TYPE_CHECKING:

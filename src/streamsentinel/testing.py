@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from ._core import forksafe
+from . import _forksafe as forksafe
 from .instrumentation import Event, StreamRecord, StreamStart
 
 __all__ = ["RecordingSink", "capture", "instrumented", "settle"]

@@ -22,12 +22,12 @@ from typing import Any
 
 import openai
 
+from .. import _forksafe as forksafe
 from ..instrumentation._data import (
     ChunkEvent,
     GapEvent,
     InStreamErrorEvent,
 )
-from . import forksafe
 from .endings import Endings
 from .record import build_record
 from .reopen import SKIP, Reissue

@@ -20,8 +20,8 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Literal
 
+from .. import _forksafe as forksafe
 from ..instrumentation._data import DoneMarkerEvent, Event
-from . import forksafe
 
 DoneMarker = Literal["auto", "strict", "lenient"]
 POLICIES: tuple[str, ...] = ("auto", "strict", "lenient")

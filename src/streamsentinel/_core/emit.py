@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .. import _forksafe as forksafe
 from ..instrumentation._data import Event, StreamRecord, StreamStart
-from . import forksafe
 from .log import log
 
 _log = log

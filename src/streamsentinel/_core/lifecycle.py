@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx2
 
+from .. import _forksafe as forksafe
 from .._resilience.breaker_config import BreakerConfig
 from .._resilience.circuit import BreakerKey, Circuits, Fallback
 from .._resilience.retry import RetryBudget, RetryPolicy
@@ -25,7 +26,6 @@ from .._resilience.store import BreakerStore
 from .._resilience.watchdog import Watchdog
 from ..errors import CircuitOpenError
 from ..instrumentation._data import Event, Rejection, StreamStart
-from . import forksafe
 from .attempts import Attempts
 from .chunks import PREAMBLE, READERS
 from .config import Settings

@@ -7,7 +7,7 @@ and this module's thread ends it. :meth:`Reaper.drain` waits until everything qu
 been ended (tests use it). One reaper serves the process (``REAPER``), so instrumenting again
 starts no new thread, and a stream that outlives ``uninstrument()`` is still ended.
 
-After a fork the child's reaper is new (``forksafe``): the inherited queue's lock may be held by
+After a fork the child's reaper is new (``_forksafe``): the inherited queue's lock may be held by
 the parent's reaper thread, which the child has not, and the controllers queued in the parent, or
 opened there and garbage-collected in the child, are the parent's to end (it records them).
 """
@@ -19,7 +19,7 @@ import queue
 import threading
 from typing import Any
 
-from . import forksafe
+from .. import _forksafe as forksafe
 
 
 class Reaper:

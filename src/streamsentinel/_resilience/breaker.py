@@ -57,7 +57,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 
-from .._core import forksafe
+from .. import _forksafe as forksafe
 from .._core.log import log
 from .breaker_config import (
     DEFAULT_CONFIG,

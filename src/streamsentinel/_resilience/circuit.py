@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .._core import forksafe
+from .. import _forksafe as forksafe
 from ..instrumentation._data import BreakerCall, BreakerRates, BreakerState, BreakerTransition, Event
 from .breaker import CircuitBreaker
 from .breaker_config import BreakerConfig, State

@@ -35,7 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from .._core import forksafe
+from .. import _forksafe as forksafe
 from .._core.log import log
 from ..instrumentation._data import Event, PauseEvent, StoreError, StoreFallback
 from . import redis_scripts

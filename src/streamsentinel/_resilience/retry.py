@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from .._core import forksafe
+from .. import _forksafe as forksafe
 from .._core.taxonomy import Failure
 from .resume import ResumeStrategy
 

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
-from .._core import forksafe
+from .. import _forksafe as forksafe
 from .._core.taxonomy import BreakerResult
 from .breaker import CircuitBreaker
 from .breaker_config import DEFAULT_CONFIG, BreakerConfig, BreakerListener, Permit, State, is_int

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from time import perf_counter
 from typing import Any
 
-from .._core import forksafe
+from .. import _forksafe as forksafe
 
 
 def _socket_of(response: Any) -> Any:

@@ -61,7 +61,7 @@ from opentelemetry.semconv.attributes.server_attributes import SERVER_ADDRESS, S
 from opentelemetry.semconv.schemas import Schemas
 from opentelemetry.util.types import AttributeValue
 
-from .._core import forksafe
+from .. import _forksafe as forksafe
 from ._data import (
     BreakerCall,
     BreakerRates,

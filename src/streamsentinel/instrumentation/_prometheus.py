@@ -16,7 +16,7 @@ from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
-from .._core import forksafe
+from .. import _forksafe as forksafe
 from ._data import (
     BreakerCall,
     BreakerRates,
