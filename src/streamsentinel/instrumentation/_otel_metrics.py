@@ -216,9 +216,9 @@ class OTelMetricsSink:
         )
         self._fallback: int | None = None
         self._lock = threading.Lock()
-        forksafe.register(self)
         self._states: dict[str, str] = {}
         self._rates: dict[str, tuple[float, float]] = {}
+        forksafe.register(self)
         gauge = meter.create_observable_gauge
         gauge(b + "state", [self._observe_states], "1", "1 for the breaker's current state, 0 for others.")
         gauge(b + "failure_rate", [self._rate_callback(0)], "1", "Sliding-window failure rate, 0..1.")
