@@ -28,7 +28,7 @@ from streamsentinel.testing import capture, settle
 
 from .support import TIMEOUT, Telemetry, chat_kwargs
 
-FORKS = 80
+FORKS = 100
 PARENT_MODEL = "parent-model"
 HELD_MODEL = "held-model"  # a stream the parent keeps open across the forks
 # The child's streams use models of their own: their metric children (whose prometheus_client
