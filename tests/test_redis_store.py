@@ -481,3 +481,30 @@ def test_calls_stuck_on_a_frozen_redis_hold_a_few_threads_then_fail_at_once(pref
             server.thaw()
             fleet.close()
             user_client.close()
+
+
+FORKED_COUNTS = """
+import os, sys
+from streamsentinel._resilience.fleet import Fleet
+fleet = Fleet.from_url(sys.argv[1], timeout=10.0, start=False)
+for _ in range(3):
+    fleet.count_request()  # counted, not flushed yet: the parent's
+pid = os.fork()
+if pid == 0:  # the child flushes its own counts only (none)
+    os._exit(0 if fleet.refresh() and fleet.fleet_requests == 0 else 1)
+_, status = os.waitpid(pid, 0)
+assert os.waitstatus_to_exitcode(status) == 0, "the child flushed the parent's requests"
+assert fleet.refresh() and fleet.fleet_requests == 3, fleet.fleet_requests
+"""
+
+
+def test_a_forked_worker_does_not_flush_the_parents_counts(redis_server: RedisServer) -> None:
+    """Issue 15, defect 9: the retry-budget requests the parent counted but had not flushed are
+    flushed by the parent only: the fleet counts them once, not once per forked child."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", FORKED_COUNTS, redis_server.url], timeout=180, check=False, capture_output=True
+    )
+    assert done.returncode == 0, done.stderr.decode()[-2000:]

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 # Light: importing the package imports neither openai, OpenTelemetry nor prometheus_client (a
 # process started under `streamsentinel run` pays nothing until it uses them).
+from . import _forksafe as forksafe
 from ._resilience.breaker_config import BreakerConfig, SlidingWindowType, State
 
 if TYPE_CHECKING:
@@ -67,6 +68,14 @@ __all__ = [
 _lock = threading.Lock()
 _busy = False  # an instrument() call is under way (its imports may trigger run's start-up hook)
 _active: tuple[dict[str, Any], Any] | None = None  # (the options, the Runtime)
+
+
+def _after_fork_in_child() -> None:
+    global _lock, _busy
+    _lock, _busy = threading.Lock(), False  # no instrument() call is under way in the child
+
+
+forksafe.register_function(_after_fork_in_child)
 
 
 def __getattr__(name: str) -> Any:

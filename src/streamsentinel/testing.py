@@ -31,6 +31,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from . import _forksafe as forksafe
 from .instrumentation import Event, StreamRecord, StreamStart
 
 __all__ = ["RecordingSink", "capture", "instrumented", "settle"]
@@ -66,6 +67,10 @@ class _CaptureSink:
     def __init__(self) -> None:
         self.open: list[list[StreamRecord]] = []
         self._lock = threading.Lock()
+        forksafe.register(self)
+
+    def _after_fork_in_child(self) -> None:
+        self._lock = threading.Lock()  # the blocks open at the fork stay open in the child
 
     def start(self, stream: StreamStart) -> None:
         return None

@@ -22,6 +22,7 @@ from typing import Any
 
 import openai
 
+from .. import _forksafe as forksafe
 from ..instrumentation._data import (
     ChunkEvent,
     GapEvent,
@@ -59,6 +60,7 @@ class StreamController(Endings):
         "attempt_start",
         "breaker_name",
         "final",
+        "generation",
         "out",
         "permit",
         "response",
@@ -86,6 +88,7 @@ class StreamController(Endings):
         self.permit: Any = None  # the Permit of breaker ``breaker_name`` while it guards the call
         self.breaker_name: str | None = None
         self.attempt_start = start
+        self.generation = forksafe.generation  # a copy in a forked child is the parent's stream
         self.ended = False
         self.response: Any = None  # the current attempt's httpx2.Response
         self.raw_mode = False  # a raw response not parsed into a stream: its body's end ends it

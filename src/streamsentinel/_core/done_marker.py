@@ -20,6 +20,7 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Literal
 
+from .. import _forksafe as forksafe
 from ..instrumentation._data import DoneMarkerEvent, Event
 
 DoneMarker = Literal["auto", "strict", "lenient"]
@@ -36,6 +37,10 @@ class DoneMarkers:
         self._by_server = dict(by_server)
         self._emit = emit
         self._sends_done: dict[str, bool] = {}
+        self._lock = threading.Lock()
+        forksafe.register(self)
+
+    def _after_fork_in_child(self) -> None:
         self._lock = threading.Lock()
 
     def _policy(self, server: str) -> DoneMarker:

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .. import _forksafe as forksafe
 from ..instrumentation._data import Event, StreamRecord, StreamStart
 from .log import log
 
@@ -40,6 +41,10 @@ class InternalErrors:
     def __init__(self) -> None:
         self._counters: list[Any] = []  # sinks' internal_error(stage) methods
         self._logged: set[str] = set()
+        self._lock = threading.Lock()
+        forksafe.register(self)
+
+    def _after_fork_in_child(self) -> None:
         self._lock = threading.Lock()
 
     def count_with(self, counter: Any) -> None:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx2
 
+from .. import _forksafe as forksafe
 from .._resilience.breaker_config import BreakerConfig
 from .._resilience.circuit import BreakerKey, Circuits, Fallback
 from .._resilience.retry import RetryBudget, RetryPolicy
@@ -51,6 +52,10 @@ class BoundedLabel:
     def __init__(self, limit: int) -> None:
         self._limit = limit
         self._seen: set[str] = set()
+        self._lock = threading.Lock()
+        forksafe.register(self)
+
+    def _after_fork_in_child(self) -> None:
         self._lock = threading.Lock()
 
     def __call__(self, value: str) -> str:

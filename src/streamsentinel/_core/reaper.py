@@ -6,21 +6,30 @@ it puts the controller on a ``queue.SimpleQueue`` (whose ``put`` is safe to call
 and this module's thread ends it. :meth:`Reaper.drain` waits until everything queued so far has
 been ended (tests use it). One reaper serves the process (``REAPER``), so instrumenting again
 starts no new thread, and a stream that outlives ``uninstrument()`` is still ended.
+
+After a fork the child's reaper is new (``_forksafe``): the inherited queue's lock may be held by
+the parent's reaper thread, which the child has not, and the controllers queued in the parent, or
+opened there and garbage-collected in the child, are the parent's to end (it records them).
 """
 
 from __future__ import annotations
 
 import itertools
-import os
 import queue
 import threading
 from typing import Any
+
+from .. import _forksafe as forksafe
 
 
 class Reaper:
     """One daemon thread ending abandoned streams (started on first use)."""
 
     def __init__(self) -> None:
+        self._reset()
+        forksafe.register(self)
+
+    def _reset(self) -> None:
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._queued = itertools.count(1)  # next() is atomic: safe in a finalizer
         self._last_queued = 0
@@ -28,6 +37,9 @@ class Reaper:
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._thread_lock = threading.Lock()
+
+    def _after_fork_in_child(self) -> None:
+        self._reset()  # the parent's queued controllers go with its queue, unended
 
     def start(self) -> None:
         if self._thread is not None:  # every stream asks: no lock once it runs
@@ -40,6 +52,8 @@ class Reaper:
     def put(self, ctl: Any) -> None:
         """From a finalizer: queue ``ctl`` to be ended as abandoned (never blocks, never raises)."""
         try:
+            if ctl.generation != forksafe.generation:
+                return  # opened before a fork: the parent's stream, ended by the parent
             self._last_queued = next(self._queued)
             self._queue.put(ctl)
         except Exception:
@@ -65,10 +79,3 @@ class Reaper:
 
 
 REAPER = Reaper()
-
-
-def _after_fork() -> None:
-    REAPER._thread = None  # threads do not survive fork(); the child starts its own on first use
-
-
-os.register_at_fork(after_in_child=_after_fork)

@@ -57,6 +57,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 
+from .. import _forksafe as forksafe
 from .._core.log import log
 from .breaker_config import (
     DEFAULT_CONFIG,
@@ -115,6 +116,15 @@ class CircuitBreaker:
         self._last_rates = (math.nan, math.nan)  # the rates last reported to listeners
         self._state = INITIAL_STATE[config.mode]
         self._window, self._min_calls = self._main_window()
+        forksafe.register(self)
+
+    def _after_fork_in_child(self) -> None:
+        # The state and window are what this process knows of the backend: kept. The parent's
+        # queued events and its probes' permits are the parent's to deliver and give back.
+        self._lock = threading.Lock()
+        self._dispatching = threading.Lock()
+        self._events.clear()
+        self._probes_out = 0
 
     def __repr__(self) -> str:
         return f"CircuitBreaker({self.name!r}, state={self._state.value!r})"

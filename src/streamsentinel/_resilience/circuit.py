@@ -14,6 +14,7 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from .. import _forksafe as forksafe
 from ..instrumentation._data import BreakerCall, BreakerRates, BreakerState, BreakerTransition, Event
 from .breaker import CircuitBreaker
 from .breaker_config import BreakerConfig, State
@@ -79,6 +80,11 @@ class Circuits:
             attach(emit, _ToEvents(emit))
         self._seen: set[str] = set()
         self._lock = threading.Lock()
+        forksafe.register(self)
+
+    def _after_fork_in_child(self) -> None:
+        self._lock = threading.Lock()
+        self._seen = set()  # exported again by the child ("the first time this process uses it")
 
     def first_use(self, name: str) -> None:
         """Export a breaker's state the first time this process uses it."""

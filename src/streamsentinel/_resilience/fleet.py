@@ -47,6 +47,7 @@ from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from .. import _forksafe as forksafe
 from .._core.log import log
 from ..instrumentation._data import Event, PauseEvent, StoreError, StoreFallback
 from . import redis_scripts
@@ -290,8 +291,10 @@ class Fleet:
             self.start()
         # A service that instruments before forking its workers (gunicorn --preload): threads do not
         # survive fork(), so each child gets its own background thread and its own process id.
-        ref = weakref.ref(self)
-        os.register_at_fork(after_in_child=lambda: _after_fork(ref))
+        forksafe.register(self)
+
+    def _after_fork_in_child(self) -> None:
+        _after_fork(self)
 
     # -- set-up ---------------------------------------------------------------------------------
 
@@ -782,21 +785,27 @@ class Fleet:
         self._pauses = merged
 
 
-def _after_fork(ref: weakref.ReferenceType[Fleet]) -> None:
-    fleet = ref()
-    if fleet is None or fleet._stopping.is_set():
-        return
-    fleet.process_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+def _after_fork(fleet: Fleet) -> None:
+    # The parent's queued writes and unflushed counts are the parent's to send (the child's would
+    # count them twice); every lock, queue and condition may be held by a thread the child has not.
     fleet._queue = queue.Queue(fleet._queue.maxsize)
     fleet._refreshed = threading.Condition()
     fleet._budget_lock = threading.Lock()
     fleet._view_lock = threading.Lock()
+    fleet._async_lock = threading.Lock()
     fleet._async_clients = weakref.WeakKeyDictionary()
     fleet._calls = _Calls(_CALL_THREADS, fleet.timeout)  # the parent's threads did not survive
     fleet._reading = {}
     fleet._reading_lock = threading.Lock()
     fleet._first = Future()  # the child's first call waits for the child's first refresh
+    fleet._requests, fleet._retries, fleet._pending = 0, 0, (0, 0)
     fleet._thread = None
+    stopped = fleet._stopping.is_set()
+    fleet._stopping = threading.Event()
+    if stopped:
+        fleet._stopping.set()
+        return
+    fleet.process_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     if fleet._started:
         fleet.start()
 

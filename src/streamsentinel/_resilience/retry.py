@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
+from .. import _forksafe as forksafe
 from .._core.taxonomy import Failure
 from .resume import ResumeStrategy
 
@@ -108,6 +109,13 @@ class RetryBudget:
         self._requests: deque[float] = deque()
         self._retries: deque[float] = deque()
         self._lock = threading.Lock()
+        forksafe.register(self)
+
+    def _after_fork_in_child(self) -> None:
+        # The parent's requests and retries are its budget's, not the child's.
+        self._lock = threading.Lock()
+        self._requests = deque()
+        self._retries = deque()
 
     def _expire(self, now: float) -> None:
         horizon = now - self._window

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
+from .. import _forksafe as forksafe
 from .._core.taxonomy import BreakerResult
 from .breaker import CircuitBreaker
 from .breaker_config import DEFAULT_CONFIG, BreakerConfig, BreakerListener, Permit, State, is_int
@@ -76,6 +77,10 @@ class InMemoryBreakerStore:
         self._listeners = tuple(listeners)
         self._breakers: dict[str, CircuitBreaker] = {}
         self._named = 0  # breakers other than _other
+        self._lock = threading.Lock()
+        forksafe.register(self)
+
+    def _after_fork_in_child(self) -> None:
         self._lock = threading.Lock()
 
     def get(self, key: str) -> CircuitBreaker:

@@ -28,6 +28,8 @@ from collections.abc import Callable
 from time import perf_counter
 from typing import Any
 
+from .. import _forksafe as forksafe
+
 
 def _socket_of(response: Any) -> Any:
     """The response's socket: a ``socket.socket`` (sync) or asyncio's ``TransportSocket``."""
@@ -58,6 +60,15 @@ class Watchdog:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._closed = False
+        forksafe.register(self)
+
+    def _after_fork_in_child(self) -> None:
+        # The watched streams are the parent's: shutting their sockets (shared with the parent)
+        # down would cut the parent's streams.
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._thread = None
+        self._watched = set()
 
     @property
     def enabled(self) -> bool:

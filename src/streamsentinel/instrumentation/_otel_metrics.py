@@ -61,6 +61,7 @@ from opentelemetry.semconv.attributes.server_attributes import SERVER_ADDRESS, S
 from opentelemetry.semconv.schemas import Schemas
 from opentelemetry.util.types import AttributeValue
 
+from .. import _forksafe as forksafe
 from ._data import (
     BreakerCall,
     BreakerRates,
@@ -217,11 +218,15 @@ class OTelMetricsSink:
         self._lock = threading.Lock()
         self._states: dict[str, str] = {}
         self._rates: dict[str, tuple[float, float]] = {}
+        forksafe.register(self)
         gauge = meter.create_observable_gauge
         gauge(b + "state", [self._observe_states], "1", "1 for the breaker's current state, 0 for others.")
         gauge(b + "failure_rate", [self._rate_callback(0)], "1", "Sliding-window failure rate, 0..1.")
         gauge(b + "slow_call_rate", [self._rate_callback(1)], "1", "Sliding-window slow-call rate, 0..1.")
         gauge(st + "fallback", [self._observe_fallback], "1", "1 while running on local state (Redis down).")
+
+    def _after_fork_in_child(self) -> None:
+        self._lock = threading.Lock()
 
     @property
     def recording(self) -> bool:

@@ -16,6 +16,7 @@ from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
+from .. import _forksafe as forksafe
 from ._data import (
     BreakerCall,
     BreakerRates,
@@ -325,6 +326,10 @@ class PrometheusSink:
         self.m = metrics
         self._bound: dict[tuple[str, str, str], _Bound] = {}
         self._lock = threading.Lock()
+        forksafe.register(self)
+
+    def _after_fork_in_child(self) -> None:
+        self._lock = threading.Lock()
 
     def bound(self, stream: StreamStart) -> _Bound:
         key = (stream.operation, stream.model, stream.server)
@@ -439,6 +444,14 @@ class PrometheusSink:
 
 _BY_REGISTRY: weakref.WeakKeyDictionary[CollectorRegistry, Metrics] = weakref.WeakKeyDictionary()
 _BY_REGISTRY_LOCK = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    global _BY_REGISTRY_LOCK
+    _BY_REGISTRY_LOCK = threading.Lock()
+
+
+forksafe.register_function(_after_fork_in_child)
 
 
 def metrics_for(registry: CollectorRegistry | None) -> Metrics:
