@@ -187,8 +187,10 @@ def _child_uses_everything(fd: int, base_url: str, telemetry: Telemetry) -> NoRe
         report["open"] = telemetry.value("openai_stream_circuit_state", breaker="fork-breaker", state="open")
         report["rejected"] = _rejected(telemetry)  # the parent's queued rejection is not delivered here
         report["spent"] = rt.budget.try_spend()
-        rt.watchdog.watch(_Watched())
-        rt.watchdog.stop()
+        watched = _Watched()
+        rt.watchdog.watch(watched)
+        rt.watchdog.unwatch(watched)
+        rt.watchdog.close()
         metrics_for(CollectorRegistry())
         with capture() as records:
             with openai.OpenAI(base_url=base_url, api_key="k", max_retries=0, timeout=TIMEOUT) as client:
