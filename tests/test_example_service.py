@@ -232,9 +232,11 @@ def test_service_under_run_matches_ground_truth(start_service: Start) -> None:
             assert result.error == "InternalServerError"
 
 
-def test_service_under_opentelemetry_instrument(start_service: Start) -> None:
+@pytest.mark.parametrize("mode", ["default", "protect"])
+def test_service_under_opentelemetry_instrument(start_service: Start, mode: str) -> None:
     # The first stream is cut cleanly before [DONE] (the plain SDK would end it silently), the
-    # second is clean.
+    # second is clean. The entry point observes by default (an OpenTelemetry instrumentation does
+    # not change behaviour): the cut ends as the SDK ends it; STREAMSENTINEL_MODE=protect raises.
     plan = FaultPlan(script=[FaultSpec(fault=Fault.EOF_CHUNKED, after=3)])
     with ChaosServer(plan=plan, chunks=CHUNKS) as chaos:
         port = _free_port()
@@ -255,6 +257,7 @@ def test_service_under_opentelemetry_instrument(start_service: Start) -> None:
             OTEL_METRICS_EXPORTER="none",
             OTEL_LOGS_EXPORTER="none",
             STREAMSENTINEL_RETRY_ATTEMPTS="1",
+            **({"STREAMSENTINEL_MODE": "protect"} if mode == "protect" else {}),
         )
         start_service(argv, env, port)
         cut = _chat(port, "cut", "otel-1")
@@ -265,7 +268,10 @@ def test_service_under_opentelemetry_instrument(start_service: Start) -> None:
         ("otel-1", Fault.EOF_CHUNKED),
         ("otel-2", Fault.NONE),
     ]
-    assert (cut.error, cut.done) == ("StreamTruncatedError", False)
+    if mode == "protect":
+        assert (cut.error, cut.done) == ("StreamTruncatedError", False)
+    else:
+        assert (cut.error, cut.done) == (None, True)
     assert cut.text  # the deltas before the cut were relayed
     messages = [{"role": "user", "content": "clean"}]
     assert clean == Relayed("otel-2", chaos.expected_text({"messages": messages}), None, True, clean.pid)
