@@ -181,7 +181,9 @@ def instrument(
         TypeError, ValueError: invalid options (nothing changes then). ``ValueError`` also when a
         metric name is already registered in ``registry`` by someone else (nothing is left
         registered). ``KeyError``/``AttributeError`` if the installed ``openai`` lacks a hooked name
-        (nothing is left patched).
+        (nothing is left patched). A provider or registry that fails otherwise at set-up raises
+        nothing: its sink is left out, counted in ``openai_stream_instrumentation_errors_total``
+        and logged once.
     """
     global _active, _busy
     options = {k: v for k, v in locals().items() if v is not None and v != ()}
