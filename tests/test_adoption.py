@@ -117,6 +117,21 @@ def test_the_opentelemetry_entry_point_defaults_to_observe(monkeypatch: pytest.M
 # -- options checked when instrument() is called -----------------------------------------------------
 
 
+class _RaisingName:
+    @property
+    def name(self) -> str:
+        raise RuntimeError("no")
+
+    def start(self, stream: Any) -> None:
+        return None
+
+    def event(self, stream: Any, event: Any, handle: Any) -> None:
+        return None
+
+    def end(self, record: Any, handle: Any) -> None:
+        return None
+
+
 class _NoName:
     def start(self, stream: Any) -> None:
         return None
@@ -150,6 +165,11 @@ class _NoName:
             "sinks[0]=<tests.test_adoption._NoName>: name must be a non-empty str",
         ),
         ({"sinks": "prometheus"}, TypeError, "sinks='prometheus': expected a list"),
+        (
+            {"sinks": [_RaisingName()]},
+            TypeError,
+            "sinks[0]=<tests.test_adoption._RaisingName>: reading .name raised RuntimeError",
+        ),
         ({"registry": "x"}, TypeError, "registry='x': expected a prometheus_client.CollectorRegistry"),
         (
             {"tracer_provider": object()},

@@ -15,8 +15,16 @@ import openai
 import pytest
 import structlog
 from openai.types.chat import ChatCompletionChunk
+from opentelemetry import metrics as otel_metrics
+from opentelemetry import trace as otel_trace
+from opentelemetry.sdk.metrics import MeterProvider as SdkMeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader, NumberDataPoint
 from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
+from prometheus_client import CollectorRegistry
 
 import streamsentinel.testing
 from streamsentinel import StreamTruncatedError
@@ -24,6 +32,7 @@ from streamsentinel.chaos import ChaosServer
 
 from .support import (
     MODEL,
+    OBSERVE_ONLY,
     TIMEOUT,
     Telemetry,
     chat_kwargs,
@@ -510,3 +519,243 @@ def test_failing_log_sink_never_reaches_the_consumer(telemetry: Telemetry, clien
     assert telemetry.by("openai_stream_instrumentation_errors_total", "stage") == {"structlog": 1}
     assert telemetry.value("openai_stream_in_flight") == 0
     assert attrs(telemetry.only_span().attributes)["streamsentinel.outcome"] == "truncated"
+
+
+# -- a malformed sink (Issue 15, defect 8) ---------------------------------------------------------
+
+
+class Nameless:
+    """No ``name``; every call raises."""
+
+    wants_chunk_gaps = False
+
+    def start(self, stream: object) -> None:
+        raise RuntimeError("nameless start")
+
+    def event(self, stream: object, event: object, handle: object) -> None:
+        raise RuntimeError("nameless event")
+
+    def end(self, record: object, handle: object) -> None:
+        raise RuntimeError("nameless end")
+
+
+class RaisingName:
+    """``name`` is a property that raises; ``start`` works, ``event`` and ``end`` raise."""
+
+    @property
+    def name(self) -> str:
+        raise RuntimeError("no name today")
+
+    def start(self, stream: object) -> object:
+        return object()
+
+    def event(self, stream: object, event: object, handle: object) -> None:
+        raise RuntimeError("raising-name event")
+
+    def end(self, record: object, handle: object) -> None:
+        raise RuntimeError("raising-name end")
+
+
+class StartOnly:
+    """Lacks ``event``, ``end`` and ``wants_chunk_gaps``."""
+
+    name = "start_only"
+
+    def start(self, stream: object) -> object:
+        return object()
+
+
+class Hostile:
+    """Every method raises, ``wants_chunk_gaps`` (a property) and ``internal_error`` too; ``start``
+    returns a handle so ``activate``, ``deactivate`` and ``discard`` are reached."""
+
+    name = "hostile"
+
+    @property
+    def wants_chunk_gaps(self) -> bool:
+        raise RuntimeError("hostile wants_chunk_gaps")
+
+    def internal_error(self, stage: str) -> None:
+        raise RuntimeError("hostile internal_error")
+
+    def start(self, stream: object) -> object:
+        return object()
+
+    def activate(self, handle: object) -> object:
+        raise RuntimeError("hostile activate")
+
+    def deactivate(self, token: object) -> None:
+        raise RuntimeError("hostile deactivate")
+
+    def event(self, stream: object, event: object, handle: object) -> None:
+        raise RuntimeError("hostile event")
+
+    def end(self, record: object, handle: object) -> None:
+        raise RuntimeError("hostile end")
+
+    def discard(self, stream: object, handle: object) -> None:
+        raise RuntimeError("hostile discard")
+
+    def close(self) -> None:
+        raise RuntimeError("hostile close")
+
+
+class Opaque:
+    """Every attribute lookup raises something other than AttributeError (a broken proxy)."""
+
+    def __getattr__(self, attr: str) -> Any:
+        raise RuntimeError(f"opaque {attr}")
+
+
+async def _one_chat(mode: str, chaos: ChaosServer) -> list[ChatCompletionChunk]:
+    if mode == "sync":
+        with openai.OpenAI(base_url=chaos.base_url, api_key="k", max_retries=0, timeout=TIMEOUT) as c:
+            return list(c.chat.completions.create(**chat_kwargs()))
+    async with openai.AsyncOpenAI(base_url=chaos.base_url, api_key="k", max_retries=0, timeout=TIMEOUT) as a:
+        return [item async for item in await a.chat.completions.create(**chat_kwargs())]
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_malformed_sinks_never_disable_the_others(
+    chaos: ChaosServer, mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 15, defect 8: sinks lacking a name or methods, or raising everywhere, leave every other
+    sink observing every stream; the guard itself never raises. (``instrument()`` refuses such
+    sinks up front, tests/test_adoption.py; the guard must hold without that check too: it is
+    switched off here.)"""
+    monkeypatch.setattr(streamsentinel._options, "check", dict)
+    before, after = streamsentinel.testing.RecordingSink(), streamsentinel.testing.RecordingSink()
+    hostile = [Nameless(), RaisingName(), StartOnly(), Hostile(), Opaque()]
+    with structlog.testing.capture_logs() as logs:
+        telemetry = reinstrument(sinks=[before, *hostile, after])
+        for _ in range(2):
+            items = await _one_chat(mode, chaos)
+            assert len(items) == CHAT_ITEMS
+            assert chat_text(items) == chaos.expected_text(chat_kwargs())
+    streamsentinel.uninstrument()  # close() reaches every sink, through the guard
+
+    # Every other sink saw both streams, exactly.
+    assert [r.outcome for r in after.records] == ["completed", "completed"]
+    assert after.records == before.records
+    assert after.events == before.events and len(before.events) > 0
+    assert telemetry.by("openai_stream_requests_total", "outcome") == {"completed": 2}
+    assert telemetry.value("openai_stream_in_flight") == 0
+    assert [attrs(s.attributes)["streamsentinel.outcome"] for s in telemetry.spans()] == ["completed"] * 2
+
+    # Each failure counted under the sink's own stage, or its type's name when it has none.
+    events = len(before.events)
+    errors = telemetry.by("openai_stream_instrumentation_errors_total", "stage")
+    assert errors.pop("Nameless") == 2 * 2 + events  # start and end per stream, every event
+    assert errors.pop("RaisingName") == 1 + 2 + events  # its name once, end per stream, every event
+    # Per stream wants_chunk_gaps, activate and end; every event; close() at uninstrument().
+    assert errors.pop("hostile") == 2 * 3 + events + 1
+    # Its name and nine other lookups (start, event, end, activate, deactivate, discard, close,
+    # internal_error, wants_chunk_gaps), once, at instrument().
+    assert errors.pop("Opaque") == 10
+    assert errors == {}  # StartOnly: nothing to call, nothing failed
+    logged = sorted(e["stage"] for e in logs if e["event"] == "instrumentation.error")
+    assert logged == ["Nameless", "Opaque", "RaisingName", "hostile"]  # once per stage
+
+
+# -- a telemetry back-end that fails at set-up (Issue 15, defect 10) -------------------------------
+
+
+class BrokenMeterProvider(otel_metrics.MeterProvider):
+    def get_meter(
+        self,
+        name: str,
+        version: str | None = None,
+        schema_url: str | None = None,
+        attributes: Any = None,
+    ) -> otel_metrics.Meter:
+        raise RuntimeError("meter provider misconfigured")
+
+
+class BrokenTracerProvider(otel_trace.TracerProvider):
+    def get_tracer(
+        self,
+        instrumenting_module_name: str,
+        instrumenting_library_version: str | None = None,
+        schema_url: str | None = None,
+        attributes: Any = None,
+    ) -> otel_trace.Tracer:
+        raise RuntimeError("tracer provider misconfigured")
+
+
+class BrokenRegistry(CollectorRegistry):
+    def register(self, collector: Any) -> None:
+        raise RuntimeError("registry backend down")
+
+
+def errors_logged(logs: list[EventDict]) -> list[str]:
+    return sorted(e["stage"] for e in logs if e["event"] == "instrumentation.error")
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_failing_providers_disable_only_their_sinks(chaos: ChaosServer, mode: str) -> None:
+    """Issue 15, defect 10: a MeterProvider/TracerProvider that raises at set-up disables its sink,
+    counted and logged once; instrument() returns and the other sinks observe every stream."""
+    streamsentinel.uninstrument()
+    registry, recorder = CollectorRegistry(), streamsentinel.testing.RecordingSink()
+    with structlog.testing.capture_logs() as logs:
+        streamsentinel.instrument(
+            registry=registry,
+            tracer_provider=BrokenTracerProvider(),
+            meter_provider=BrokenMeterProvider(),
+            sinks=[recorder],
+            **OBSERVE_ONLY,
+        )
+        for _ in range(2):
+            items = await _one_chat(mode, chaos)
+            assert len(items) == CHAT_ITEMS
+            assert chat_text(items) == chaos.expected_text(chat_kwargs())
+    telemetry = Telemetry(registry, InMemorySpanExporter(), SdkTracerProvider(), streamsentinel._runtime())
+    assert [r.outcome for r in recorder.records] == ["completed", "completed"]
+    assert telemetry.by("openai_stream_requests_total", "outcome") == {"completed": 2}
+    assert telemetry.value("openai_stream_chunks_total") == 2 * CHAT_ITEMS
+    assert [e["outcome"] for e in logs if e["event"] == "stream.finished"] == ["completed", "completed"]
+    assert telemetry.by("openai_stream_instrumentation_errors_total", "stage") == {
+        "otel_trace": 1,
+        "otel_metrics": 1,
+    }
+    assert errors_logged(logs) == ["otel_metrics", "otel_trace"]
+    line = next(e for e in logs if e.get("stage") == "otel_metrics")
+    assert (line["error_type"], line["error"]) == ("RuntimeError", "meter provider misconfigured")
+    streamsentinel.uninstrument()
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_failing_registry_disables_only_the_prometheus_sink(chaos: ChaosServer, mode: str) -> None:
+    """Issue 15, defect 10: a registry whose register() raises (other than a name collision, which
+    is a ValueError of instrument()) disables the Prometheus sink only, logged once."""
+    streamsentinel.uninstrument()
+    reader = InMemoryMetricReader()
+    meters = SdkMeterProvider(metric_readers=[reader])
+    tracers, exporter = SdkTracerProvider(), InMemorySpanExporter()
+    tracers.add_span_processor(SimpleSpanProcessor(exporter))
+    with structlog.testing.capture_logs() as logs:
+        streamsentinel.instrument(
+            registry=BrokenRegistry(), tracer_provider=tracers, meter_provider=meters, **OBSERVE_ONLY
+        )
+        for _ in range(2):
+            assert len(await _one_chat(mode, chaos)) == CHAT_ITEMS
+    data = reader.get_metrics_data()
+    assert data is not None
+    requests = [
+        point
+        for rm in data.resource_metrics
+        for sm in rm.scope_metrics
+        for metric in sm.metrics
+        if metric.name == "streamsentinel.stream.requests"
+        for point in metric.data.data_points
+    ]
+    assert all(isinstance(p, NumberDataPoint) for p in requests)
+    assert sum(p.value for p in requests if isinstance(p, NumberDataPoint)) == 2
+    assert [dict(s.attributes or {})["streamsentinel.outcome"] for s in exporter.get_finished_spans()] == [
+        "completed",
+        "completed",
+    ]
+    assert [e["outcome"] for e in logs if e["event"] == "stream.finished"] == ["completed", "completed"]
+    assert errors_logged(logs) == ["prometheus"]
+    streamsentinel.uninstrument()
+    meters.shutdown()

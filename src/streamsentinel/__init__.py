@@ -108,6 +108,7 @@ def instrument(
     chunk_events: ChunkEvents | None = None,
     gap_anomaly_seconds: float | None = None,
     max_model_labels: int | None = None,
+    max_label_sets: int | None = None,
     retry_attempts: int | None = None,
     retry_base_delay: float | None = None,
     retry_max_delay: float | None = None,
@@ -157,6 +158,9 @@ def instrument(
             span's start, in one ``streamsentinel.chunks`` span event) or ``"none"``.
         gap_anomaly_seconds: an inter-chunk gap at least this long (s) becomes a span event.
         max_model_labels: distinct ``model``/``server`` label values kept before ``_other``.
+        max_label_sets: distinct (server, port, model) combinations kept (default 500); a new
+            one past it is counted as ``server="_other", model="_other"`` (and shares the
+            ``_other/_other`` breaker), so every count is kept and the series stay bounded.
         retry_attempts: attempts per logical request, the first included (1: streamsentinel never
             retries). A stream is retried only while nothing was delivered to the consumer.
         retry_base_delay, retry_max_delay: full-jitter backoff bounds, seconds.
@@ -209,7 +213,9 @@ def instrument(
             extra. ``ValueError`` also when a
         metric name is already registered in ``registry`` by someone else (nothing is left
         registered). ``KeyError``/``AttributeError`` if the installed ``openai`` lacks a hooked name
-        (nothing is left patched).
+        (nothing is left patched). A provider or registry that fails otherwise at set-up raises
+        nothing: its sink is left out, counted in ``openai_stream_instrumentation_errors_total``
+        and logged once.
     """
     global _active, _busy
     options = {k: v for k, v in locals().items() if v is not None and v != ()}

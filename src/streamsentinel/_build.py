@@ -8,7 +8,7 @@ built-in sink is one line in :func:`default_sinks`.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from . import _options
@@ -47,29 +47,58 @@ def _version() -> str:
         return "0+unknown"
 
 
-def default_sinks(options: dict[str, Any], settings: Settings) -> list[Any]:
-    """The built-in sinks for ``options`` (raises if one cannot be set up: nothing is patched then)."""
+# A failure of these at set-up is an invalid option, raised by instrument() (a metric name taken in
+# the registry); any other failure of a back-end disables its sink only.
+_INVALID_OPTION: dict[str, tuple[type[Exception], ...]] = {"prometheus": (ValueError,)}
+
+
+def default_sinks(
+    options: dict[str, Any], settings: Settings
+) -> tuple[list[Any], list[tuple[str, Exception]]]:
+    """The built-in sinks for ``options``, and ``(stage, exception)`` for each one whose set-up
+    failed (a provider's ``get_meter()``/``get_tracer()`` or a registry's ``register()`` raised):
+    that sink is left out, the others work.
+
+    Raises:
+        ValueError: a metric name is already registered in ``registry`` (nothing is patched then).
+    """
     from .instrumentation._otel_metrics import OTelMetricsSink
     from .instrumentation._otel_trace import OTelTraceSink
-    from .instrumentation._prometheus import prometheus_sink
+    from .instrumentation._prometheus import PrometheusSink, prometheus_sink
     from .instrumentation._structlog import StructlogSink
     from .testing import CAPTURE_SINK
 
-    return [
-        OTelTraceSink(
-            options.get("tracer_provider"),
-            version=_version(),
-            chunk_timeline=settings.chunk_events == "all",
+    builders: list[tuple[str, Callable[[], Any]]] = [
+        (
+            OTelTraceSink.name,
+            lambda: OTelTraceSink(
+                options.get("tracer_provider"),
+                version=_version(),
+                chunk_timeline=settings.chunk_events == "all",
+            ),
         ),
-        prometheus_sink(options.get("registry")),
-        OTelMetricsSink(options.get("meter_provider")),
-        StructlogSink(debug_enabled),
-        CAPTURE_SINK,  # streamsentinel.testing.capture()
+        (PrometheusSink.name, lambda: prometheus_sink(options.get("registry"))),
+        (OTelMetricsSink.name, lambda: OTelMetricsSink(options.get("meter_provider"))),
+        (StructlogSink.name, lambda: StructlogSink(debug_enabled)),
     ]
+    sinks: list[Any] = []
+    failed: list[tuple[str, Exception]] = []
+    for stage, build in builders:
+        try:
+            sinks.append(build())
+        except _INVALID_OPTION.get(stage, ()):
+            raise
+        except Exception as exc:
+            failed.append((stage, exc))
+    sinks.append(CAPTURE_SINK)  # streamsentinel.testing.capture()
+    return sinks, failed
 
 
 def build_runtime(options: dict[str, Any]) -> Runtime:
     """A :class:`Runtime` for ``instrument()``'s non-None ``options``.
+
+    A built-in sink whose back-end fails at set-up is left out, counted in
+    ``openai_stream_instrumentation_errors_total{stage=<its name>}`` and logged once.
 
     Raises:
         TypeError, ValueError: an invalid option, or a metric name taken in the registry.
@@ -91,7 +120,8 @@ def build_runtime(options: dict[str, Any]) -> Runtime:
         if policy not in POLICIES:
             raise ValueError(f"done_marker[{server!r}]={policy!r}: expected one of {', '.join(POLICIES)}")
     breaker = breaker_config(options.get("breaker"), mode=settings.mode)
-    sinks = [*default_sinks(options, settings), *options.get("sinks", ())]
+    sinks, failed = default_sinks(options, settings)
+    sinks.extend(options.get("sinks", ()))
     fleet = build_fleet(options, settings)
     if fleet is None and settings.rate_limit_pause != "off":
         log.warning(
@@ -100,7 +130,7 @@ def build_runtime(options: dict[str, Any]) -> Runtime:
             value=settings.rate_limit_pause,
             why="pauses are shared through Redis: without redis_url/redis_client nothing pauses",
         )
-    return Runtime(
+    runtime = Runtime(
         settings,
         sinks,
         breaker=breaker,
@@ -110,6 +140,9 @@ def build_runtime(options: dict[str, Any]) -> Runtime:
         fleet=fleet,
         done_marker_servers=by_server,  # type: ignore[arg-type]  # checked against POLICIES
     )
+    for stage, exc in failed:  # counted by the sinks that work, logged once
+        runtime.errors(stage, exc)
+    return runtime
 
 
 def build_fleet(options: Mapping[str, Any], settings: Settings) -> Fleet | None:

@@ -32,8 +32,16 @@ def _shown(value: Any) -> str:
     return f"<{type(value).__module__}.{type(value).__qualname__}>"
 
 
+def _attribute(option: str, value: Any, name: str) -> Any:
+    """``value.name``, None when missing; a lookup that raises is the option's error."""
+    try:
+        return getattr(value, name, None)
+    except Exception as exc:
+        raise TypeError(f"{option}={_shown(value)}: reading .{name} raised {type(exc).__name__}") from None
+
+
 def _needs(option: str, value: Any, methods: Sequence[str], what: str) -> None:
-    missing = [m for m in methods if not callable(getattr(value, m, None))]
+    missing = [m for m in methods if not callable(_attribute(option, value, m))]
     if missing:
         raise TypeError(f"{option}={_shown(value)}: expected {what} (no {', '.join(missing)})")
 
@@ -77,7 +85,7 @@ def check(options: Mapping[str, Any]) -> dict[str, Any]:
         raise TypeError(f"sinks={_shown(sinks)}: expected a list of streamsentinel.instrumentation.Sink")
     for i, sink in enumerate(sinks):
         _needs(f"sinks[{i}]", sink, _SINK_METHODS, "a streamsentinel.instrumentation.Sink (see BaseSink)")
-        name = getattr(sink, "name", None)
+        name = _attribute(f"sinks[{i}]", sink, "name")
         if not isinstance(name, str) or not name:
             raise TypeError(f"sinks[{i}]={_shown(sink)}: name must be a non-empty str, got {_shown(name)}")
     key = options.get("breaker_key")

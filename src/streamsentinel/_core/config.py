@@ -11,6 +11,7 @@ invalid environment value never breaks the host: it is logged once and the defau
 | ``chunk_events`` | ``STREAMSENTINEL_CHUNK_EVENTS`` | ``anomalies``, ``all``, ``none`` | ``anomalies`` |
 | ``gap_anomaly_seconds`` | ``STREAMSENTINEL_GAP_ANOMALY_SECONDS`` | float > 0 | ``5.0`` |
 | ``max_model_labels`` | ``STREAMSENTINEL_MAX_MODEL_LABELS`` | int > 0 | ``100`` |
+| ``max_label_sets`` | ``STREAMSENTINEL_MAX_LABEL_SETS`` | int > 0 | ``500`` |
 | ``retry_attempts`` | ``STREAMSENTINEL_RETRY_ATTEMPTS`` | int >= 1 (1: no retry) | ``3`` |
 | ``retry_base_delay`` | ``STREAMSENTINEL_RETRY_BASE_DELAY`` | seconds >= 0 | ``0.5`` |
 | ``retry_max_delay`` | ``STREAMSENTINEL_RETRY_MAX_DELAY`` | seconds >= 0 | ``8.0`` |
@@ -75,6 +76,7 @@ class Settings:
     chunk_events: ChunkEvents = "anomalies"
     gap_anomaly_seconds: float = 5.0
     max_model_labels: int = 100
+    max_label_sets: int = 500
     retry_attempts: int = 3
     retry_base_delay: float = 0.5
     retry_max_delay: float = 8.0
@@ -159,6 +161,7 @@ _PARSERS: dict[str, _Parser] = {
     "chunk_events": _choice("anomalies", "all", "none"),
     "gap_anomaly_seconds": _positive(float),
     "max_model_labels": _positive(int),
+    "max_label_sets": _positive(int),
     "retry_attempts": _bounded(int, 1),
     "retry_base_delay": _bounded(float, 0.0),
     "retry_max_delay": _bounded(float, 0.0),

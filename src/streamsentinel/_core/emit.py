@@ -1,8 +1,9 @@
 """The one guard between the core and the sinks, and streamsentinel's own failures.
 
 Every sink call goes through :class:`Emitter`: a sink that raises is counted once in
-``openai_stream_instrumentation_errors_total{stage=<sink.name>}`` (by every sink that counts
-internal errors: ``internal_error(stage)``), logged once per stage, and changes nothing else. The
+``openai_stream_instrumentation_errors_total{stage=<sink.name>}`` (the type's name for a sink
+without one; counted by every sink that counts internal errors: ``internal_error(stage)``), logged
+once per stage, and changes nothing else. The guard itself never raises, whatever a sink lacks. The
 log line carries the exception's type, its message (cut to 200 characters) and the innermost frame
 of ours (file, line, function): never a traceback, never frame locals, which may hold the request
 (prompt text, ``extra_headers`` with an API key).
@@ -72,92 +73,153 @@ class InternalErrors:
             pass
 
 
+class _Lookups:
+    """A sink's attributes, each looked up once and safely: a missing one is None, and one whose
+    lookup raises is None too, its failure kept to be counted once the counters exist."""
+
+    def __init__(self) -> None:
+        self.failures: list[tuple[str, Exception]] = []
+
+    def get(self, sink: Any, attr: str, stage: str, default: Any = None) -> Any:
+        try:
+            return getattr(sink, attr, default)
+        except Exception as exc:
+            self.failures.append((stage, exc))
+            return default
+
+    def stage(self, sink: Any) -> str:
+        """The ``stage`` label of a sink's failures: its ``name`` when that is a non-empty string,
+        else its type's name (a sink may lack ``name``, or have one that raises)."""
+        fallback = type(sink).__name__
+        name = self.get(sink, "name", fallback)
+        return name if isinstance(name, str) and name else fallback
+
+    def method(self, sink: Any, attr: str, stage: str) -> Any:
+        value = self.get(sink, attr, stage)
+        return value if callable(value) else None
+
+
 class Emitter:
-    """Fans the core's records and events out to the sinks, each call behind one guard."""
+    """Fans the core's records and events out to the sinks, each call behind one guard.
+
+    Total: whatever a sink lacks or raises (its ``name``, a method, a property), no method of the
+    emitter raises and every other sink gets every call. Each sink's stage and bound methods are
+    looked up once, here; a sink lacking a method is skipped for it.
+    """
 
     def __init__(self, sinks: Sequence[Any], errors: InternalErrors) -> None:
         self.sinks = tuple(sinks)
         self.errors = errors
+        found = _Lookups()
+        self.stages = tuple(found.stage(sink) for sink in self.sinks)
+
+        def plan(attr: str) -> tuple[tuple[int, Any, str], ...]:
+            """``(index, bound method or None, stage)`` per sink."""
+            return tuple(
+                (i, found.method(s, attr, self.stages[i]), self.stages[i]) for i, s in enumerate(self.sinks)
+            )
+
+        def having(attr: str) -> tuple[tuple[int, Any, str], ...]:
+            return tuple(entry for entry in plan(attr) if entry[1] is not None)
+
+        for _, counter, _ in having("internal_error"):
+            errors.count_with(counter)
+        self._events = having("event")
+        self._ends = having("end")
+        self._discards = having("discard")
+        self._closes = having("close")
         self._activating = tuple(
-            (i, s.activate, s.deactivate) for i, s in enumerate(self.sinks) if hasattr(s, "activate")
+            (i, activate, deactivate, stage)
+            for (i, activate, stage), (_, deactivate, _) in zip(
+                plan("activate"), plan("deactivate"), strict=True
+            )
+            if activate is not None and deactivate is not None
         )
-        self._start_plan = tuple((s, hasattr(s, "activate")) for s in self.sinks)
+        contexts = {i: (activate, deactivate) for i, activate, deactivate, _ in self._activating}
+        self._start_plan = tuple((start, stage, contexts.get(i)) for i, start, stage in plan("start"))
         # Sinks whose wants_chunk_gaps may change (a property); the others are read once, here.
-        self._gaps_always = any(getattr(s, "wants_chunk_gaps", False) is True for s in self.sinks)
-        self._gaps_dynamic = tuple(
-            s for s in self.sinks if isinstance(getattr(type(s), "wants_chunk_gaps", None), property)
-        )
-        for sink in self.sinks:
-            counter = getattr(sink, "internal_error", None)
-            if counter is not None:
-                errors.count_with(counter)
+        self._gaps_always = False
+        gaps_dynamic: list[tuple[Any, str]] = []
+        for sink, stage in zip(self.sinks, self.stages, strict=True):
+            if isinstance(found.get(type(sink), "wants_chunk_gaps", stage), property):
+                gaps_dynamic.append((sink, stage))
+            elif found.get(sink, "wants_chunk_gaps", stage, False) is True:
+                self._gaps_always = True
+        self._gaps_dynamic = tuple(gaps_dynamic)
+        for stage, exc in found.failures:
+            errors(stage, exc)
 
     @property
     def wants_chunk_gaps(self) -> bool:
         """Whether a sink wants every inter-item gap of the next stream (asked once per stream)."""
         if self._gaps_always:
             return True
-        return any(sink.wants_chunk_gaps for sink in self._gaps_dynamic)
+        for sink, stage in self._gaps_dynamic:
+            try:
+                if sink.wants_chunk_gaps:
+                    return True
+            except Exception as exc:
+                self.errors(stage, exc)
+        return False
 
     def start(self, stream: StreamStart) -> tuple[tuple[Any, ...], list[tuple[Any, Any]] | None]:
-        """Every sink's handle for a new stream (None for a sink that failed), and the tokens of
-        the contexts made current (None: none). A sink with a context (the trace sink) is started
-        first and its context is current while the others start, so they can correlate (trace
-        and span ids in log lines). The contexts stay current: the caller hands the tokens to
-        :meth:`deactivate` once the SDK's ``create()`` returned (``Attempts.enter``/``exit``), or
-        at once when no call is made, so a context is attached once per stream, not twice."""
+        """Every sink's handle for a new stream (None for a sink that failed or has no ``start``),
+        and the tokens of the contexts made current (None: none). A sink with a context (the trace
+        sink) is started first and its context is current while the others start, so they can
+        correlate (trace and span ids in log lines). The contexts stay current: the caller hands
+        the tokens to :meth:`deactivate` once the SDK's ``create()`` returned
+        (``Attempts.enter``/``exit``), or at once when no call is made, so a context is attached
+        once per stream, not twice."""
         handles: list[Any] = []
         tokens: list[tuple[Any, Any]] | None = None
-        for sink, activates in self._start_plan:
-            try:
-                handle = sink.start(stream)
-            except Exception as exc:
-                handle = None
-                self.errors(sink.name, exc)
-            handles.append(handle)
-            if activates and handle is not None:
+        for start, stage, context in self._start_plan:
+            handle = None
+            if start is not None:
                 try:
-                    token = sink.activate(handle)
-                    tokens = [] if tokens is None else tokens
-                    tokens.append((sink.deactivate, token))
+                    handle = start(stream)
                 except Exception as exc:
-                    self.errors(sink.name, exc)
+                    self.errors(stage, exc)
+            handles.append(handle)
+            if context is not None and handle is not None:
+                try:
+                    token = context[0](handle)
+                    tokens = [] if tokens is None else tokens
+                    tokens.append((context[1], token))
+                except Exception as exc:
+                    self.errors(stage, exc)
         return tuple(handles), tokens
 
     def event(self, stream: StreamStart | None, event: Event, handles: tuple[Any, ...] = _NO_HANDLES) -> None:
-        for i, sink in enumerate(self.sinks):
+        for i, method, stage in self._events:
             try:
-                sink.event(stream, event, handles[i] if handles else None)
+                method(stream, event, handles[i] if handles else None)
             except Exception as exc:
-                self.errors(sink.name, exc)
+                self.errors(stage, exc)
 
     def end(self, record: StreamRecord, handles: tuple[Any, ...]) -> None:
-        for i, sink in enumerate(self.sinks):
+        for i, method, stage in self._ends:
             try:
-                sink.end(record, handles[i])
+                method(record, handles[i])
             except Exception as exc:
-                self.errors(sink.name, exc)
+                self.errors(stage, exc)
 
     def discard(self, stream: StreamStart, handles: tuple[Any, ...]) -> None:
-        for i, sink in enumerate(self.sinks):
-            discard = getattr(sink, "discard", None)
-            if discard is None:
-                continue
+        for i, method, stage in self._discards:
             try:
-                discard(stream, handles[i])
+                method(stream, handles[i])
             except Exception as exc:
-                self.errors(sink.name, exc)
+                self.errors(stage, exc)
 
     def activate(self, handles: tuple[Any, ...]) -> list[tuple[Any, Any]]:
         """Make the stream's contexts current (around the SDK's ``create()``); returns the tokens."""
         tokens: list[tuple[Any, Any]] = []
-        for i, activate, deactivate in self._activating:
+        for i, activate, deactivate, stage in self._activating:
             if handles[i] is None:
                 continue
             try:
                 tokens.append((deactivate, activate(handles[i])))
             except Exception as exc:
-                self.errors(self.sinks[i].name, exc)
+                self.errors(stage, exc)
         return tokens
 
     def deactivate(self, tokens: list[tuple[Any, Any]]) -> None:
@@ -168,10 +230,8 @@ class Emitter:
                 self.errors("context", exc)
 
     def close(self) -> None:
-        for sink in self.sinks:
-            close = getattr(sink, "close", None)
-            if close is not None:
-                try:
-                    close()
-                except Exception as exc:
-                    self.errors(sink.name, exc)
+        for _, method, stage in self._closes:
+            try:
+                method()
+            except Exception as exc:
+                self.errors(stage, exc)

@@ -61,6 +61,8 @@ class BoundedLabel:
     def __call__(self, value: str) -> str:
         if value in self._seen:
             return value
+        if len(self._seen) >= self._limit:  # full for good: no lock for the overflow either
+            return OTHER
         with self._lock:
             if value in self._seen:
                 return value
@@ -70,7 +72,71 @@ class BoundedLabel:
             return value
 
 
+Labels = tuple[str, str]
+"""A stream's bounded ``(model, server)`` label values."""
+OVERFLOW: Labels = (OTHER, OTHER)
+
+
+class LabelSets:
+    """Bounds the label sets as a whole: each label is bounded on its own (``max_model_labels``
+    values of ``model``, and of ``server``), and their combinations are too: past ``limit``
+    distinct (server, port, model) combinations, a new one is counted as (``_other``, ``_other``)
+    (the port is in it because the OTel sink records ``server.port``). So every table keyed by
+    them (metric children and series, OTel points, breakers keyed by server/model, rate-limit
+    gauges) holds at most ``limit + 1`` label sets per operation.
+
+    A stream's labels are found with one dict lookup and no lock in the common case: each
+    server's :meth:`table` maps the request's model to its labels, filled by :meth:`admit` (a lock
+    only while combinations are still admitted). Combinations past the bound are not remembered,
+    so memory stays bounded too.
+    """
+
+    def __init__(self, max_values: int, limit: int) -> None:
+        self.models = BoundedLabel(max_values)
+        self.servers = BoundedLabel(max_values)
+        self._limit = limit
+        self._sets: dict[tuple[str, int, str], Labels] = {}
+        self._tables: dict[tuple[str, int], dict[str, Labels]] = {}
+        self._full = False  # True once limit combinations exist: it stays so
+        self._none: dict[str, Labels] = {}  # the table of servers first seen once full; never filled
+        self._lock = threading.Lock()
+
+    def table(self, server: str, port: int) -> dict[str, Labels]:
+        """The model -> labels table of a (bounded) server label and port."""
+        key = (server, port)
+        table = self._tables.get(key)
+        if table is None:
+            with self._lock:
+                table = self._tables.get(key)
+                if table is None:
+                    if self._full or len(self._tables) >= self._limit:
+                        return self._none
+                    table = self._tables[key] = {}
+        return table
+
+    def admit(self, table: dict[str, Labels], server: str, port: int, request_model: str) -> Labels:
+        """The labels of ``request_model`` on ``table``'s server (one not found in the table)."""
+        model = self.models(request_model)
+        key = (server, port, model)
+        labels = self._sets.get(key)
+        if labels is None:
+            if self._full:
+                return OVERFLOW
+            with self._lock:
+                labels = self._sets.get(key)
+                if labels is None:
+                    if len(self._sets) >= self._limit:
+                        self._full = True
+                        return OVERFLOW
+                    labels = self._sets[key] = (model, server)
+        if model == request_model and table is not self._none:
+            # Only values admitted as model labels are remembered: at most max_model_labels a table.
+            table[request_model] = labels
+        return labels
+
+
 _PARAM_KEYS = frozenset(_PARAMS)
+_Server = tuple[httpx2.URL, str, int, str, dict[str, Labels]]
 
 
 def _params(request: Mapping[str, Any]) -> tuple[tuple[str, float], ...]:
@@ -150,9 +216,8 @@ class Runtime:
         )
         # The latest x-ratelimit-* values per label set (bounded labels): sinks hear of changes only.
         self.rate_limit_seen: dict[tuple[str, str, str], Any] = {}
-        self._model_label = BoundedLabel(settings.max_model_labels)
-        self._server_label = BoundedLabel(settings.max_model_labels)
-        self._servers: dict[int, tuple[httpx2.URL, str, int, str]] = {}
+        self._labels = LabelSets(settings.max_model_labels, settings.max_label_sets)
+        self._servers: dict[int, _Server] = {}
 
     def debug(self) -> bool:
         return debug_enabled()
@@ -176,12 +241,15 @@ class Runtime:
             server = self._server(base_url)
         model = request.get("model")
         request_model = model if type(model) is str and model else str(model or "unknown")
+        labels = server[4].get(request_model)
+        if labels is None:
+            labels = self._labels.admit(server[4], server[3], server[2], request_model)
         return StreamStart(
             operation,
             provider,
             request_model,
-            self._model_label(request_model),
-            server[3],
+            labels[0],
+            labels[1],
             server[1],
             server[2],
             time.time_ns(),
@@ -189,12 +257,14 @@ class Runtime:
             _params(request) if streaming else (),
         )
 
-    def _server(self, base_url: httpx2.URL) -> tuple[httpx2.URL, str, int, str]:
-        """``(base_url, host, port, server label)``, kept per URL object (a client's base URL is
-        one object for the client's life; URLs are parsed once, not per stream)."""
+    def _server(self, base_url: httpx2.URL) -> _Server:
+        """``(base_url, host, port, server label, its model -> labels table)``, kept per URL object
+        (a client's base URL is one object for the client's life; URLs are parsed once, not per
+        stream)."""
         host = base_url.host or "unknown"
         port = base_url.port or (443 if base_url.scheme == "https" else 80)
-        server = (base_url, host, port, self._server_label(host))
+        label = self._labels.servers(host)
+        server = (base_url, host, port, label, self._labels.table(label, port))
         if len(self._servers) >= 256:
             self._servers.clear()
         self._servers[id(base_url)] = server  # the URL is kept: its id is not reused meanwhile

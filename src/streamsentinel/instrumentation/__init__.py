@@ -74,13 +74,15 @@ class Sink(Protocol):
     """What the core calls; see the module docstring.
 
     Attributes:
-        name: the ``stage`` label of this sink's failures (``prometheus``, ``otel_trace``...).
+        name: the ``stage`` label of this sink's failures (``prometheus``, ``otel_trace``...;
+            without a string ``name``, the class name).
         wants_chunk_gaps: True to receive every inter-item gap in ``StreamRecord.chunk_gaps``
             (costs one list append per item; False keeps the per-chunk path free of it). Read
             once by ``instrument()``, or before each stream when the class defines it as a
             ``property`` (the OTel metrics sink: only once a ``MeterProvider`` is set).
 
-    Optional (looked up once, with ``getattr``):
+    Every method is looked up once, when ``instrument()`` builds the sinks: a sink lacking one is
+    not called for it (one whose lookup raises is counted once and skipped). Optional:
         ``activate(handle) -> token`` / ``deactivate(token)``: make the stream's context current
         while the SDK's ``create()`` runs (the trace sink: so HTTP spans nest under the stream's).
         ``discard(stream, handle)``: the call turned out not to be a stream streamsentinel observes

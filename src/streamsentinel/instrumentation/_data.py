@@ -46,9 +46,10 @@ class StreamStart(NamedTuple):
     """A streaming call that began (or, with ``stream=False``, a plain call whose HTTP attempts are
     counted: ``streaming`` False; such a call gets no ``StreamRecord``).
 
-    ``model`` and ``server`` are the bounded label values (``_other`` past ``max_model_labels``);
-    ``request_model`` and ``server_address`` the raw ones, for spans. ``provider`` is the
-    ``gen_ai.provider.name`` value (``openai``, or ``azure.ai.openai`` for Azure clients).
+    ``model`` and ``server`` are the bounded label values (``_other`` past ``max_model_labels``;
+    both ``_other`` past ``max_label_sets`` combinations); ``request_model`` and ``server_address``
+    the raw ones, for spans. ``provider`` is the ``gen_ai.provider.name`` value (``openai``, or
+    ``azure.ai.openai`` for Azure clients).
     ``params``: the request's numeric sampling parameters as ``(request key, value)`` pairs
     (``max_tokens``, ``max_completion_tokens``, ``max_output_tokens``, ``temperature``, ``top_p``,
     ``n``).

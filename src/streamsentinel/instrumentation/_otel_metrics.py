@@ -10,13 +10,14 @@ histograms ``gen_ai.client.operation.duration`` (s), ``gen_ai.client.operation.t
 (s), ``gen_ai.client.operation.time_per_output_chunk`` (s, one value per gap between consecutive
 items, from ``StreamRecord.chunk_gaps``, buffered by the core and recorded at the end) and
 ``gen_ai.client.token.usage`` ({token}, ``gen_ai.token.type`` ``input``/``output``), with the
-conventions' bucket advice. Attributes: ``gen_ai.operation.name`` (``chat``, ``text_completion``; the
-Responses API is ``chat``), ``gen_ai.provider.name``, ``gen_ai.request.model`` (the bounded label
-value), ``gen_ai.response.model`` (when known, and not once request models overflowed to
-``_other``), ``server.address`` (bounded), ``server.port``, ``error.type`` (the ``ErrorType``) on a
-``failed`` or ``truncated`` stream. Every outcome is recorded except ``rejected``: an open breaker
-made no GenAI call (its count is ``streamsentinel.stream.requests{streamsentinel.outcome="rejected"}``).
-An ``abandoned`` stream is recorded without ``error.type`` (the consumer let go; nothing failed).
+conventions' bucket advice. Attributes: ``gen_ai.operation.name`` (``chat``, ``text_completion``;
+the Responses API is ``chat``), ``gen_ai.provider.name``, ``gen_ai.request.model`` (the bounded
+label value), ``gen_ai.response.model`` (when known, and not once request models overflowed to
+``_other``), ``server.address`` (bounded), ``server.port`` (not once servers overflowed to
+``_other``), ``error.type`` (the ``ErrorType``) on a ``failed`` or ``truncated`` stream. Every
+outcome is recorded except ``rejected``: an open breaker made no GenAI call (its count is
+``streamsentinel.stream.requests{streamsentinel.outcome="rejected"}``). An ``abandoned`` stream is
+recorded without ``error.type`` (the consumer let go; nothing failed).
 
 Double counting: when an official OpenAI instrumentation is active (its ``BaseInstrumentor``
 singleton ``is_instrumented_by_opentelemetry``; looked up in ``sys.modules`` at each stream end,
@@ -96,7 +97,7 @@ _SEMCONV_HISTOGRAMS = (  # (name, unit, description, buckets), in the order __in
     (gm.GEN_AI_CLIENT_TOKEN_USAGE, "{token}", "Number of input and output tokens used.", TOKEN_BUCKETS),
 )
 BREAKER_STATES = ("closed", "open", "half_open", "disabled", "forced_open", "metrics_only")
-OVERFLOW_LABEL = "_other"  # the core's bounded-label value past max_model_labels
+OVERFLOW_LABEL = "_other"  # the core's bounded-label value past max_model_labels or max_label_sets
 
 # streamsentinel's own attribute names.
 OPERATION = "streamsentinel.operation"
@@ -284,7 +285,7 @@ class OTelMetricsSink:
             gen_ai.GEN_AI_REQUEST_MODEL: st.model,
             SERVER_ADDRESS: st.server,
         }
-        if st.server_port is not None:
+        if st.server_port is not None and st.server != OVERFLOW_LABEL:  # else a port per overflowed server
             attrs[SERVER_PORT] = st.server_port
         if record.response_model and st.model != OVERFLOW_LABEL:
             attrs[gen_ai.GEN_AI_RESPONSE_MODEL] = record.response_model

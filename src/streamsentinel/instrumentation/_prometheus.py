@@ -4,8 +4,9 @@ is recorded.
 Naming follows Prometheus conventions: one prefix ``openai_stream_``, base units (seconds),
 ``_total`` on counters. Every stream series carries ``operation`` (``chat``, ``text_completion``,
 ``responses``), ``model`` and ``server`` (bounded by the core: past ``max_model_labels`` distinct
-values, ``_other``). Nothing is touched per chunk: a stream is recorded once, when it ends (and
-``openai_stream_in_flight`` goes up at its start); retries and 429s are counted as they happen.
+values, ``_other``; past ``max_label_sets`` combinations, both ``_other``). Nothing is touched per
+chunk: a stream is recorded once, when it ends (and ``openai_stream_in_flight`` goes up at its
+start); retries and 429s are counted as they happen.
 """
 
 from __future__ import annotations
