@@ -179,7 +179,9 @@ def _child_uses_everything(fd: int, base_url: str, telemetry: Telemetry) -> NoRe
         breaker = rt.circuits.store.get("fork-breaker")
         report: dict[str, Any] = {"probe": breaker.try_acquire() is not None}  # the parent's are out
         streamsentinel.instrument(**streamsentinel._active[0])  # type: ignore[index]  # the same: a no-op
-        report["label"] = rt._model_label("fork-model")
+        report["label"] = rt._labels.admit(
+            rt._labels.table("fork-server", 1), "fork-server", 1, "fork-model"
+        )[0]
         rt.errors("fork", None)
         rt.done_markers.saw_done("fork-server")
         rt.circuits.first_use("fork-other")
@@ -226,8 +228,9 @@ def test_fork_while_another_thread_holds_every_lock_of_ours(chaos: ChaosServer, 
         streamsentinel._lock,
         REAPER._cond,
         REAPER._thread_lock,
-        rt._model_label._lock,
-        rt._server_label._lock,
+        rt._labels._lock,
+        rt._labels.models._lock,
+        rt._labels.servers._lock,
         rt.errors._lock,
         rt.done_markers._lock,
         rt.circuits._lock,

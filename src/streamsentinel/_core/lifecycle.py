@@ -100,6 +100,10 @@ class LabelSets:
         self._full = False  # True once limit combinations exist: it stays so
         self._none: dict[str, Labels] = {}  # the table of servers first seen once full; never filled
         self._lock = threading.Lock()
+        forksafe.register(self)
+
+    def _after_fork_in_child(self) -> None:
+        self._lock = threading.Lock()
 
     def table(self, server: str, port: int) -> dict[str, Labels]:
         """The model -> labels table of a (bounded) server label and port."""
