@@ -4,15 +4,31 @@ Patches are class attributes replaced by ``wrapt.FunctionWrapper``s and restored
 original object by :func:`remove`, unless another instrumentation wrapped the same attribute after
 us: then our layer stays in its chain as a pass-through (so theirs keeps working) and is taken out
 once it is on top again.
+
+A patch of a module not imported yet is deferred: the SDK imports its resource modules
+(``openai.resources.chat.completions.completions``...) on a client's first ``.chat``/``.responses``,
+and importing them only to patch them would cost every host several MiB. A ``wrapt`` post-import
+hook (one per module and process: wrapt has no unregister) applies the module's pending patches
+when the application imports it; :func:`remove` empties the pending table, so a hook that fires
+later does nothing. The trade-off: a private name that moved in a deferred module cannot be
+checked at ``instrument()`` without importing the module; it is counted and logged when the
+module is imported (the module is then left unpatched, the host's import never fails), and
+``tests/test_sdk_hooks.py`` checks every name at SDK-upgrade time.
 """
 
 from __future__ import annotations
 
 import importlib
+import sys
+import threading
 from collections.abc import Callable
+from types import ModuleType
 from typing import Any
 
 import wrapt
+
+_Wrapper = Callable[..., Any]
+OnError = Callable[[BaseException], None]
 
 
 class _Switch(list):  # type: ignore[type-arg]
@@ -27,11 +43,18 @@ class _Switch(list):  # type: ignore[type-arg]
         self.clear()
 
 
+# Guards the tables below; never held while importing (an importing thread runs our hook under
+# its module lock, then takes this one: the order is always module lock, then this lock).
+_lock = threading.RLock()
 # (owner, method, original attribute, our FunctionWrapper, its switch)
 _applied: list[tuple[type, str, Any, Any, _Switch]] = []
 # Our switched-off wrappers left inside another instrumentation's chain: id -> (owner, method,
 # wrapper, what it wraps).
 _inert: dict[int, tuple[type, str, Any, Any]] = {}
+# Deferred patches by module name: (class, method, wrapper, on_error), applied by the module's hook.
+_pending: dict[str, list[tuple[str, str, _Wrapper, OnError]]] = {}
+# Modules with a wrapt hook registered and not fired yet.
+_hooked: set[str] = set()
 
 
 def _is_layer(attribute: Any, function_wrapper: Any) -> bool:
@@ -47,34 +70,94 @@ def _strip_inert() -> None:
             del _inert[key]
 
 
-def patch(module_name: str, class_name: str, method: str, wrapper: Callable[..., Any]) -> None:
-    """Wrap ``module.Class.method`` with ``wrapper(wrapped, instance, args, kwargs)``."""
-    owner = getattr(importlib.import_module(module_name), class_name)
+def _apply(module: ModuleType, patches: list[tuple[str, str, _Wrapper]]) -> None:
+    """Apply ``patches`` of ``module``, all or none: raises (nothing applied) if a name is missing.
+    Call with ``_lock`` held."""
+    resolved = []
+    for class_name, method, wrapper in patches:
+        owner = getattr(module, class_name)
+        resolved.append((owner, method, owner.__dict__[method], wrapper))
     _strip_inert()
-    original_attribute = owner.__dict__[method]
-    switch = _Switch()
-    # A list's truth is read in C; a __bool__ (what wrapt's stub asks for) would be a Python call.
-    function_wrapper = wrapt.FunctionWrapper(original_attribute, wrapper, enabled=switch)  # type: ignore[arg-type]
-    setattr(owner, method, function_wrapper)
-    _applied.append((owner, method, original_attribute, function_wrapper, switch))
+    for owner, method, original_attribute, wrapper in resolved:
+        switch = _Switch()
+        # A list's truth is read in C; a __bool__ (what wrapt's stub asks for) would be a Python call.
+        function_wrapper = wrapt.FunctionWrapper(original_attribute, wrapper, enabled=switch)  # type: ignore[arg-type]
+        setattr(owner, method, function_wrapper)
+        _applied.append((owner, method, original_attribute, function_wrapper, switch))
+
+
+def _on_import(module: ModuleType) -> None:
+    """wrapt's post-import hook: apply the module's pending patches. Never raises into the
+    importing code: a missing name is reported to each patch's ``on_error`` and the module is
+    left unpatched."""
+    name = module.__name__
+    with _lock:
+        _hooked.discard(name)
+        pending = _pending.pop(name, None)
+        if not pending:
+            return
+        try:
+            _apply(module, [(c, m, w) for c, m, w, _ in pending])
+        except Exception as exc:
+            for on_error in {id(e): e for *_, e in pending}.values():
+                try:
+                    on_error(exc)
+                except Exception:
+                    pass
+
+
+def _fire_if_imported(name: str) -> None:
+    # wrapt only sees imports that look the module up after the hook was registered: one started
+    # by another thread just before is caught here once its module is in sys.modules.
+    if name in sys.modules:
+        # Returns once the other thread has executed the module (it holds the module's lock).
+        _on_import(importlib.import_module(name))
+
+
+def patch(
+    module_name: str,
+    class_name: str,
+    method: str,
+    wrapper: _Wrapper,
+    on_error: OnError = lambda exc: None,
+) -> None:
+    """Wrap ``module.Class.method`` with ``wrapper(wrapped, instance, args, kwargs)``: at once if
+    the module is imported (raises ``AttributeError``/``KeyError`` if a name is missing), else when
+    the application imports it (a missing name then goes to ``on_error``, never raised)."""
+    if module_name in sys.modules:
+        module = importlib.import_module(module_name)  # waits for another thread still executing it
+        with _lock:
+            _apply(module, [(class_name, method, wrapper)])
+        return
+    with _lock:
+        _pending.setdefault(module_name, []).append((class_name, method, wrapper, on_error))
+        register = module_name not in _hooked
+        _hooked.add(module_name)
+    if register:
+        # Outside our lock: wrapt calls the hook at once (on this thread) if the module was
+        # imported meanwhile.
+        wrapt.register_post_import_hook(_on_import, module_name)
+    _fire_if_imported(module_name)
 
 
 def remove() -> None:
-    """Take every patch out (see the module docstring)."""
-    while _applied:
-        owner, method, original_attribute, function_wrapper, switch = _applied.pop()
-        switch.off()
-        if owner.__dict__.get(method) is function_wrapper:
-            setattr(owner, method, original_attribute)
-        else:
-            _inert[id(function_wrapper)] = (owner, method, function_wrapper, original_attribute)
-    _strip_inert()
+    """Take every patch out (see the module docstring); deferred ones will not be applied."""
+    with _lock:
+        _pending.clear()
+        while _applied:
+            owner, method, original_attribute, function_wrapper, switch = _applied.pop()
+            switch.off()
+            if owner.__dict__.get(method) is function_wrapper:
+                setattr(owner, method, original_attribute)
+            else:
+                _inert[id(function_wrapper)] = (owner, method, function_wrapper, original_attribute)
+        _strip_inert()
 
 
 def original(owner: type, method: str) -> Any:
     """The SDK's function behind ``owner.method``, below our patch (and any wrapped over it)."""
     attribute = owner.__dict__[method]
-    ours = [(fw, orig) for (o, m, orig, fw, _sw) in _applied if o is owner and m == method]
+    ours = [(fw, orig) for (o, m, orig, fw, _sw) in list(_applied) if o is owner and m == method]
     node = attribute
     while node is not None:
         for function_wrapper, original_attribute in ours:
@@ -85,4 +168,11 @@ def original(owner: type, method: str) -> Any:
 
 
 def installed() -> bool:
-    return bool(_applied)
+    """Whether patches are applied or pending."""
+    return bool(_applied or _pending)
+
+
+def deferred() -> frozenset[str]:
+    """Modules whose patches wait for their import (for the tests)."""
+    with _lock:
+        return frozenset(_pending)
