@@ -75,7 +75,11 @@ def _apply(module: ModuleType, patches: list[tuple[str, str, _Wrapper]]) -> None
     Call with ``_lock`` held."""
     resolved = []
     for class_name, method, wrapper in patches:
-        owner = getattr(module, class_name)
+        owner = getattr(module, class_name, None)
+        if owner is None:
+            raise AttributeError(f"openai changed: {module.__name__}.{class_name} is missing")
+        if method not in owner.__dict__:
+            raise KeyError(f"openai changed: {module.__name__}.{class_name}.{method} is missing")
         resolved.append((owner, method, owner.__dict__[method], wrapper))
     _strip_inert()
     for owner, method, original_attribute, wrapper in resolved:
@@ -98,12 +102,14 @@ def _on_import(module: ModuleType) -> None:
             return
         try:
             _apply(module, [(c, m, w) for c, m, w, _ in pending])
+            return
         except Exception as exc:
-            for on_error in {id(e): e for *_, e in pending}.values():
-                try:
-                    on_error(exc)
-                except Exception:
-                    pass
+            failure = exc
+    for on_error in {id(e): e for *_, e in pending}.values():  # outside the lock: they log
+        try:
+            on_error(failure)
+        except Exception:
+            pass
 
 
 def _fire_if_imported(name: str) -> None:
@@ -169,7 +175,8 @@ def original(owner: type, method: str) -> Any:
 
 def installed() -> bool:
     """Whether patches are applied or pending."""
-    return bool(_applied or _pending)
+    with _lock:
+        return bool(_applied or _pending)
 
 
 def deferred() -> frozenset[str]:
