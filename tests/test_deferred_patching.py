@@ -182,6 +182,42 @@ SCENARIOS["threaded_again"] = THREADED.format(
     )
 )
 
+# fork() while another thread holds the patch table's lock (a resource import being patched):
+# the child's lock is new, so its instrument()/uninstrument() and first use work.
+SCENARIOS["fork"] = """
+import os, select, signal
+from streamsentinel._sdk import patching
+
+held, release = threading.Event(), threading.Event()
+
+def hold():
+    with patching._lock:
+        held.set()
+        release.wait(timeout=60)
+
+holder = threading.Thread(target=hold, daemon=True)
+holder.start()
+assert held.wait(timeout=60)
+read, write = os.pipe()
+pid = os.fork()
+if pid == 0:
+    os.close(read)
+    streamsentinel.instrument(retry_attempts=1, done_marker="strict")
+    streamsentinel.uninstrument()
+    streamsentinel.instrument(retry_attempts=1, done_marker="strict")
+    stream_everything()
+    out["layers"] = patched()
+    os.write(write, json.dumps(out).encode())
+    os._exit(0)
+os.close(write)
+ready, _, _ = select.select([read], [], [], 60)
+if not ready:
+    os.kill(pid, signal.SIGKILL)
+out["child"] = json.loads(os.read(read, 1 << 20) or b"null") if ready else "hung"
+os.waitpid(pid, 0)
+release.set()
+"""
+
 EPILOGUE = """
 print("RESULT " + json.dumps(out))
 """
@@ -286,3 +322,10 @@ def test_import_in_another_thread_while_instrumenting(
     assert result["layers"] == layers
     assert result["types"] == types
     assert result["records"] == records
+
+
+def test_fork_while_another_thread_patches(chaos: ChaosServer) -> None:
+    """Issue 16: a child forked while another thread holds the patch table's lock instruments,
+    uninstruments and instruments again, and its resources are patched once and observed."""
+    result = _run("fork", chaos)
+    assert result["child"] == {"types": OBSERVED_TYPES, "records": OBSERVED, "layers": [1] * 8}

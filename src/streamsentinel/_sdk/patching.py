@@ -27,6 +27,8 @@ from typing import Any
 
 import wrapt
 
+from .. import _forksafe as forksafe
+
 _Wrapper = Callable[..., Any]
 OnError = Callable[[BaseException], None]
 
@@ -55,6 +57,14 @@ _inert: dict[int, tuple[type, str, Any, Any]] = {}
 _pending: dict[str, list[tuple[str, str, _Wrapper, OnError]]] = {}
 # Modules with a wrapt hook registered and not fired yet.
 _hooked: set[str] = set()
+
+
+def _after_fork_in_child() -> None:
+    global _lock
+    _lock = threading.RLock()  # another thread of the parent may have held it
+
+
+forksafe.register_function(_after_fork_in_child)
 
 
 def _is_layer(attribute: Any, function_wrapper: Any) -> bool:
