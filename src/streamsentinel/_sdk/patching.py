@@ -22,8 +22,9 @@ import importlib
 import sys
 import threading
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from types import ModuleType
-from typing import Any
+from typing import Any, cast
 
 import wrapt
 
@@ -45,8 +46,8 @@ class _Switch(list):  # type: ignore[type-arg]
         self.clear()
 
 
-# Guards the tables below; never held while importing (an importing thread runs our hook under
-# its module lock, then takes this one: the order is always module lock, then this lock).
+# Guards the tables below; never held while importing or waiting for an import (an importing
+# thread runs our hook under its module's import lock, then takes this one: that order always).
 _lock = threading.RLock()
 # (owner, method, original attribute, our FunctionWrapper, its switch)
 _applied: list[tuple[type, str, Any, Any, _Switch]] = []
@@ -122,12 +123,13 @@ def _on_import(module: ModuleType) -> None:
             pass
 
 
-def _fire_if_imported(name: str) -> None:
-    # wrapt only sees imports that look the module up after the hook was registered: one started
-    # by another thread just before is caught here once its module is in sys.modules.
-    if name in sys.modules:
-        # Returns once the other thread has executed the module (it holds the module's lock).
-        _on_import(importlib.import_module(name))
+def _import_lock(name: str) -> AbstractContextManager[Any]:
+    """The import system's lock of module ``name``: while it is held, no other thread is between
+    looking the module up (where wrapt's finder sees the hooks registered so far) and executing
+    it. Private to CPython (``importlib._bootstrap``, 3.3 and later); without it, an import that
+    another thread began just before a hook was registered would be missed."""
+    manager = getattr(getattr(importlib, "_bootstrap", None), "_ModuleLockManager", None)
+    return nullcontext() if manager is None else cast("AbstractContextManager[Any]", manager(name))
 
 
 def patch(
@@ -140,20 +142,18 @@ def patch(
     """Wrap ``module.Class.method`` with ``wrapper(wrapped, instance, args, kwargs)``: at once if
     the module is imported (raises ``AttributeError``/``KeyError`` if a name is missing), else when
     the application imports it (a missing name then goes to ``on_error``, never raised)."""
-    if module_name in sys.modules:
-        module = importlib.import_module(module_name)  # waits for another thread still executing it
-        with _lock:
-            _apply(module, [(class_name, method, wrapper)])
-        return
+    with _import_lock(module_name):  # waits for another thread's import of it to finish
+        if module_name not in sys.modules:
+            with _lock:
+                _pending.setdefault(module_name, []).append((class_name, method, wrapper, on_error))
+                register = module_name not in _hooked
+                _hooked.add(module_name)
+            if register:
+                wrapt.register_post_import_hook(_on_import, module_name)
+            return
+    module = importlib.import_module(module_name)
     with _lock:
-        _pending.setdefault(module_name, []).append((class_name, method, wrapper, on_error))
-        register = module_name not in _hooked
-        _hooked.add(module_name)
-    if register:
-        # Outside our lock: wrapt calls the hook at once (on this thread) if the module was
-        # imported meanwhile.
-        wrapt.register_post_import_hook(_on_import, module_name)
-    _fire_if_imported(module_name)
+        _apply(module, [(class_name, method, wrapper)])
 
 
 def remove() -> None:
