@@ -18,6 +18,7 @@ from openai.types.chat import ChatCompletionChunk
 import streamsentinel
 from streamsentinel import StreamTruncatedError
 from streamsentinel._sdk import compat
+from streamsentinel._sdk.hooks import ENTRY_POINTS
 from streamsentinel._sdk.sse import ObservedSSEDecoder
 from streamsentinel.chaos import ChaosServer, Fault, FaultPlan, FaultSpec
 
@@ -50,6 +51,15 @@ def test_every_private_name_of_compat_is_in_the_installed_sdk(module: str, path:
     for part in path.split("."):
         assert hasattr(target, part), f"{module}.{path}: {part!r} is missing in openai {openai.__version__}"
         target = getattr(target, part)
+
+
+@pytest.mark.parametrize(("module", "owner", "method"), [e[:3] for e in ENTRY_POINTS], ids=lambda x: str(x))
+def test_every_entry_point_is_in_the_installed_sdk(module: str, owner: str, method: str) -> None:
+    """Issue 16: the entry modules are patched when the application imports them, where a moved
+    name is only counted (never raised into the import): an SDK upgrade that moves one fails here."""
+    cls = getattr(importlib.import_module(module), owner, None)
+    assert cls is not None, f"{module}.{owner} is missing in openai {openai.__version__}"
+    assert method in cls.__dict__, f"{module}.{owner}.{method} is missing in openai {openai.__version__}"
 
 
 async def test_every_private_attribute_of_compat_is_on_real_instances(

@@ -213,9 +213,12 @@ def instrument(
             extra. ``ValueError`` also when a
         metric name is already registered in ``registry`` by someone else (nothing is left
         registered). ``KeyError``/``AttributeError`` if the installed ``openai`` lacks a hooked name
-        (nothing is left patched). A provider or registry that fails otherwise at set-up raises
-        nothing: its sink is left out, counted in ``openai_stream_instrumentation_errors_total``
-        and logged once.
+        of a module already imported (nothing is left patched); the SDK modules not imported yet
+        (its resources, imported on a client's first ``.chat``/``.responses``) are patched when
+        the application imports them, and a name missing there never fails that import: the
+        module stays unpatched, counted (stage ``patch``) and logged once. A provider or registry
+        that fails otherwise at set-up raises nothing: its sink is left out, counted in
+        ``openai_stream_instrumentation_errors_total`` and logged once.
     """
     global _active, _busy
     options = {k: v for k, v in locals().items() if v is not None and v != ()}

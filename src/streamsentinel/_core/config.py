@@ -45,7 +45,6 @@ The circuit breaker's settings come as one ``BreakerConfig`` (option ``breaker``
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -214,6 +213,8 @@ def warn_unknown_variables(environ: Mapping[str, str] | None = None) -> list[str
     known = known_variables()
     unknown = sorted(v for v in environ if v.startswith("STREAMSENTINEL_") and v not in known)
     if unknown and not _warned_unknown:
+        import difflib  # only for a typo: not imported by every instrument()
+
         _warned_unknown = True
         for name in unknown:
             close = difflib.get_close_matches(name, known, n=1)

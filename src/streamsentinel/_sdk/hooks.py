@@ -258,13 +258,19 @@ def _sleep(is_async: bool) -> _Wrapper:
 def _install_all(rt: Runtime) -> None:
     from .late import late_hooks
 
+    def deferred_failed(exc: BaseException) -> None:
+        # A deferred module's name moved: counted and logged once; the host's import goes on.
+        active = _runtime or rt
+        active.errors("patch", exc)
+
     for module_name, class_name, method, operation in ENTRY_POINTS:
-        patch(module_name, class_name, method, _entry(operation, method, class_name.startswith("Async")))
+        wrapper = _entry(operation, method, class_name.startswith("Async"))
+        patch(module_name, class_name, method, wrapper, deferred_failed)
     base = compat.BASE_CLIENT
     for class_name, is_async in (("SyncAPIClient", False), ("AsyncAPIClient", True)):
         patch(base, class_name, compat.SEND_REQUEST, _send(is_async))
         patch(base, class_name, compat.SLEEP_FOR_RETRY, _sleep(is_async))
-    late_hooks(lambda: _runtime)
+    late_hooks(lambda: _runtime, deferred_failed)
     compat.check_sse_decoder_factory()
     patch(
         base,
@@ -276,7 +282,9 @@ def _install_all(rt: Runtime) -> None:
 
 def install(rt: Runtime) -> None:
     """Apply every patch (once) and make ``rt`` the active runtime. Raises if the SDK lacks a
-    patched name, after undoing what was applied: a moved private name is loud, never half-installed."""
+    patched name of an imported module, after undoing what was applied: a moved private name is
+    loud, never half-installed. Patches of modules not imported yet wait for their import
+    (``patching``); a name missing there is counted (stage ``patch``) and logged once."""
     from .patching import installed
 
     if not installed():

@@ -20,7 +20,7 @@ from typing import Any
 from .._core.context import CURRENT
 from . import compat
 from .calls import acall, call
-from .patching import patch
+from .patching import OnError, patch
 
 # Path suffixes of the streaming endpoints observed late, most specific first.
 _LATE_OPERATIONS: tuple[tuple[str, str], ...] = (
@@ -65,8 +65,9 @@ def _begin(rt: Any, client: Any, wrapped: Any, args: tuple[Any, ...], kwargs: di
         return None
 
 
-def late_hooks(runtime: Callable[[], Any]) -> None:
-    """Patch ``request`` (sync and async) and the helpers' ``close``."""
+def late_hooks(runtime: Callable[[], Any], on_error: OnError) -> None:
+    """Patch ``request`` (sync and async) and the helpers' ``close`` (deferred until the helper
+    modules are imported; ``on_error``: a name missing then)."""
 
     def sync_request(
         wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -128,6 +129,7 @@ def late_hooks(runtime: Callable[[], Any]) -> None:
             class_name,
             "close",
             async_helper_close if class_name.startswith("Async") else helper_close,
+            on_error,
         )
 
 
