@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry
 
 import streamsentinel
 from streamsentinel._core.reaper import REAPER
+from streamsentinel._sdk import patching
 from streamsentinel.chaos import ChaosServer
 from streamsentinel.instrumentation import _prometheus
 from streamsentinel.instrumentation._prometheus import metrics_for
@@ -189,6 +190,7 @@ def _child_uses_everything(fd: int, base_url: str, telemetry: Telemetry) -> NoRe
         report["open"] = telemetry.value("openai_stream_circuit_state", breaker="fork-breaker", state="open")
         report["rejected"] = _rejected(telemetry)  # the parent's queued rejection is not delivered here
         report["spent"] = rt.budget.try_spend()
+        report["patched"] = patching.installed()
         watched = _Watched()
         rt.watchdog.watch(watched)
         rt.watchdog.unwatch(watched)
@@ -242,6 +244,7 @@ def test_fork_while_another_thread_holds_every_lock_of_ours(chaos: ChaosServer, 
         sinks["OTelMetricsSink"]._lock,
         sinks["_CaptureSink"]._lock,
         _prometheus._BY_REGISTRY_LOCK,
+        patching._lock,
     ]
     release = threading.Event()
     dispatching, held = threading.Event(), threading.Event()
@@ -269,6 +272,7 @@ def test_fork_while_another_thread_holds_every_lock_of_ours(chaos: ChaosServer, 
     assert report == {
         "probe": True,
         "label": "fork-model",
+        "patched": True,
         "open": 1.0,
         "rejected": 1.0,
         "spent": True,
