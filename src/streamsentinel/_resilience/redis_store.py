@@ -33,7 +33,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .._core.taxonomy import BreakerResult
+from .._vocab import BreakerResult
 from ..instrumentation._data import BreakerCall, BreakerTransition, Event
 from .breaker import CircuitBreaker
 from .breaker_config import DEFAULT_CONFIG, BreakerConfig, BreakerListener, Permit, State

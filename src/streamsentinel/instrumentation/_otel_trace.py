@@ -27,7 +27,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer, TracerProvider
 
-from .._core.taxonomy import REJECTED_ERROR_TYPE
+from .._vocab import REJECTED_ERROR_TYPE
 from . import _semconv as sc
 from ._data import (
     BreakerTransition,
