@@ -161,11 +161,11 @@ class BreakerState:
 
 @dataclass(frozen=True, slots=True)
 class BreakerCall:
-    """A call an open breaker did not permit (``not_permitted``), or one its fallback served
-    (``fallback``)."""
+    """A call an open breaker rejected (``rejected``: it did not permit it), or one its fallback
+    served (``fallback``)."""
 
     breaker: str
-    kind: Literal["not_permitted", "fallback"]
+    kind: Literal["rejected", "fallback"]
 
 
 @dataclass(frozen=True, slots=True)
