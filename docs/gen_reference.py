@@ -102,7 +102,7 @@ OTEL_NOTES: dict[str, tuple[str, str]] = {
         "`streamsentinel.breaker.to_state`",
         "openai_stream_circuit_transitions_total",
     ),
-    "streamsentinel.breaker.not_permitted": (
+    "streamsentinel.breaker.rejected": (
         "`streamsentinel.breaker.name`",
         "openai_stream_circuit_rejected_total",
     ),

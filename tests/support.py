@@ -145,7 +145,7 @@ def uncache_streamsentinel_loggers() -> None:
     ``test_demo.py``) makes each proxy keep its first bound logger for good; ``reset_defaults()`` does
     not undo that, so later ``capture_logs()`` blocks would never see streamsentinel's events.
     """
-    from streamsentinel._core import log
+    from streamsentinel import _log as log
 
     vars(log.STRUCTLOG).pop("bind", None)
 

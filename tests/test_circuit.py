@@ -182,7 +182,7 @@ def assert_rejected_spans(telemetry: Telemetry, count: int, model: str = MODEL) 
         assert span.attributes is not None
         assert span.attributes["error.type"] == "circuit_open"
         assert span.attributes["gen_ai.request.model"] == model
-        assert span.attributes["streamsentinel.chunks"] == 0
+        assert span.attributes["streamsentinel.chunk.count"] == 0
 
 
 def assert_open_error(exc: BaseException | None, key: str = KEY, *, half_open: bool = False) -> None:

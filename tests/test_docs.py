@@ -217,3 +217,22 @@ def test_site_builds_strict_with_every_name(tmp_path: Path) -> None:
     assert "StreamTruncatedError" in reference and "RecordingSink" in reference and "Sink" in reference
     # reST roles of the docstrings are rendered as code (docs/griffe_rst_roles.py), never as text.
     assert not re.search(r":(func|class|meth|attr|mod|data|exc):", reference)
+
+
+def test_documented_span_events_are_the_ones_spans_get() -> None:
+    """Issue 17, naming: the span events docs/traces-and-logs.md lists are exactly the events the
+    trace sink can add (no ``streamsentinel.circuit_state``: breaker events never reach a span)."""
+    from streamsentinel.instrumentation import BreakerTransition, _names, _otel_trace
+
+    text = (DOCS / "traces-and-logs.md").read_text()
+    table = text.split("**Span events**")[1].split("\n\n")[1]
+    documented = set(re.findall(r"^\| `(streamsentinel\.[\w.]+)` \|", table, re.MULTILINE))
+    events = {value for name, value in vars(_names).items() if name.endswith("_EVENT")}
+    assert documented == events
+    source = (ROOT / "src" / "streamsentinel" / "instrumentation" / "_otel_trace.py").read_text()
+    used = {
+        value for name, value in vars(_names).items() if name.endswith("_EVENT") and f"nm.{name}" in source
+    }
+    assert used == events
+    transition = BreakerTransition(breaker="b", from_state="closed", to_state="open")
+    assert _otel_trace._event(transition) is None

@@ -96,7 +96,7 @@ def test_full_consumption_sync(
     assert len(items) == CHAT_ITEMS
     assert chat_text(items) == expected_text(chaos)
     span = assert_one_stream(telemetry, "completed")
-    assert span.attributes is not None and span.attributes["streamsentinel.chunks"] == CHAT_ITEMS
+    assert span.attributes is not None and span.attributes["streamsentinel.chunk.count"] == CHAT_ITEMS
     # Closing or dropping a finished stream changes nothing.
     stream.close()
     del stream
@@ -133,7 +133,7 @@ def test_break_then_close_is_abandoned_sync(
     assert telemetry.spans() == ()
     stream.close()
     span = assert_one_stream(telemetry, "abandoned")
-    assert span.attributes is not None and span.attributes["streamsentinel.chunks"] == 3
+    assert span.attributes is not None and span.attributes["streamsentinel.chunk.count"] == 3
     stream.close()  # idempotent
     del stream
     settle()
@@ -154,7 +154,7 @@ async def test_break_then_aclose_is_abandoned_async(
     assert telemetry.spans() == ()
     await stream.aclose()
     span = assert_one_stream(telemetry, "abandoned")
-    assert span.attributes is not None and span.attributes["streamsentinel.chunks"] == 3
+    assert span.attributes is not None and span.attributes["streamsentinel.chunk.count"] == 3
     await stream.close()
     del stream
     settle()
@@ -223,7 +223,7 @@ def test_dropped_before_iterating_is_abandoned_sync(telemetry: Telemetry, client
     del stream
     settle()
     span = assert_one_stream(telemetry, "abandoned")
-    assert span.attributes is not None and span.attributes["streamsentinel.chunks"] == 0
+    assert span.attributes is not None and span.attributes["streamsentinel.chunk.count"] == 0
 
 
 async def test_dropped_without_close_is_abandoned_once_async(
@@ -295,7 +295,7 @@ async def test_cancelled_consumer_task_is_abandoned(
     with pytest.raises(asyncio.CancelledError):
         await task
     span = assert_one_stream(telemetry, "abandoned")
-    assert span.attributes is not None and span.attributes["streamsentinel.chunks"] == 3
+    assert span.attributes is not None and span.attributes["streamsentinel.chunk.count"] == 3
     assert (await chaos.wait_for_records_async(1))[0].client_disconnected
 
 
@@ -491,7 +491,7 @@ def test_instrument_again_keeps_or_reconfigures_and_patches_once(
     # The second call's options are in effect: the chunk timeline, an offset per chunk.
     timeline = [e for e in span.events if e.name == "streamsentinel.chunks"]
     assert len(timeline) == 1 and timeline[0].attributes is not None
-    offsets: Any = timeline[0].attributes["streamsentinel.chunk_offsets"]
+    offsets: Any = timeline[0].attributes["streamsentinel.chunk.offsets"]
     assert len(offsets) == CHAT_ITEMS
 
 
@@ -527,7 +527,7 @@ def test_stream_opened_before_uninstrument_finishes_its_accounting(
     rest = list(stream)
     assert len(rest) == CHAT_ITEMS - 1
     span = assert_one_stream(telemetry, "completed")
-    assert span.attributes is not None and span.attributes["streamsentinel.chunks"] == CHAT_ITEMS
+    assert span.attributes is not None and span.attributes["streamsentinel.chunk.count"] == CHAT_ITEMS
 
 
 async def test_stream_opened_before_uninstrument_finishes_its_accounting_async(

@@ -6,16 +6,18 @@ from __future__ import annotations
 
 import importlib.metadata
 import math
+import re
 import sys
 import types
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader, Metric, NumberDataPoint
 
-from streamsentinel.instrumentation import Sink
+from streamsentinel.instrumentation import Sink, _names
 from streamsentinel.instrumentation._data import (
     BreakerCall,
     BreakerRates,
@@ -26,12 +28,16 @@ from streamsentinel.instrumentation._data import (
     InStreamErrorEvent,
     RateLimitEvent,
     RateLimitHeaders,
+    Rejection,
     ResumeEvent,
     RetryEvent,
+    StoreError,
+    StoreFallback,
     StreamRecord,
     StreamStart,
 )
 from streamsentinel.instrumentation._otel_metrics import OTelMetricsSink, official_instrumentor_active
+from streamsentinel.instrumentation._prometheus import Metrics
 
 SEMCONV_BUCKETS = [0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92]
 TOKEN_BUCKETS = [1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864]
@@ -355,8 +361,8 @@ def test_breaker_events_and_gauges(h: Harness, caplog: pytest.LogCaptureFixture)
     h.sink.event(None, BreakerRates(breaker=breaker, failure_rate=math.nan, slow_call_rate=math.nan), None)
     h.sink.event(None, BreakerRates(breaker="other", failure_rate=0.75, slow_call_rate=0.0), None)
     h.sink.event(None, BreakerTransition(breaker=breaker, from_state="closed", to_state="open"), None)
-    h.sink.event(None, BreakerCall(breaker=breaker, kind="not_permitted"), None)
-    h.sink.event(None, BreakerCall(breaker=breaker, kind="not_permitted"), None)
+    h.sink.event(None, BreakerCall(breaker=breaker, kind="rejected"), None)
+    h.sink.event(None, BreakerCall(breaker=breaker, kind="rejected"), None)
     h.sink.event(None, BreakerCall(breaker=breaker, kind="fallback"), None)
     states = h.numbers("streamsentinel.breaker.state")
     assert len(states) == 6
@@ -370,7 +376,7 @@ def test_breaker_events_and_gauges(h: Harness, caplog: pytest.LogCaptureFixture)
             }
         ): 1
     }
-    assert h.numbers("streamsentinel.breaker.not_permitted") == {key({name: breaker}): 2}
+    assert h.numbers("streamsentinel.breaker.rejected") == {key({name: breaker}): 2}
     assert h.numbers("streamsentinel.breaker.fallbacks") == {key({name: breaker}): 1}
     assert h.numbers("streamsentinel.breaker.failure_rate") == {key({name: "other"}): 0.75}
     assert "non-finite" not in caplog.text  # NaN skipped by the sink (the SDK would drop it with a warning)
@@ -441,3 +447,89 @@ def test_semconv_switch_overrides_detection(monkeypatch: pytest.MonkeyPatch) -> 
     assert "streamsentinel.stream.requests" in metrics
     forced.provider.shutdown()
     off.provider.shutdown()
+
+
+def otlp_family(kind: str, name: str, unit: str) -> str:
+    """The Prometheus family an OTel instrument becomes through OTLP (Prometheus' own OTLP receiver
+    and the Collector's ``prometheus``/``prometheusremotewrite`` exporters, default translation):
+    invalid characters -> ``_``, ``{...}`` units dropped, ``s`` -> ``_seconds``, unit ``1`` ->
+    ``_ratio`` on gauges only, ``_total`` on monotonic counters."""
+    family = re.sub(r"[^a-zA-Z0-9_:]", "_", name)
+    unit = re.sub(r"\{[^}]*\}", "", unit)
+    suffix = "ratio" if kind == "gauge" and unit == "1" else {"s": "seconds", "1": ""}.get(unit, unit)
+    if suffix and not family.endswith("_" + suffix):
+        family += "_" + suffix
+    return family + "_total" if kind == "counter" else family
+
+
+class _Creations:
+    """A meter that notes each instrument ``OTelMetricsSink`` creates: ``(kind, name, unit)``."""
+
+    def __init__(self) -> None:
+        self.created: list[tuple[str, str, str]] = []
+
+    def get_meter(self, *args: Any, **kwargs: Any) -> _Creations:
+        return self
+
+    def _note(self, kind: str, name: str, unit: str) -> None:
+        self.created.append((kind, name, unit))
+
+    def create_counter(self, name: str, unit: str = "", description: str = "") -> None:
+        self._note("counter", name, unit)
+
+    def create_histogram(self, name: str, unit: str = "", description: str = "", **kwargs: Any) -> None:
+        self._note("histogram", name, unit)
+
+    def create_observable_gauge(
+        self, name: str, callbacks: Any = None, unit: str = "", description: str = ""
+    ) -> None:
+        self._note("gauge", name, unit)
+
+
+def _prometheus_families() -> dict[str, tuple[str, ...]]:
+    """The Prometheus sink's families as exposed (``_total`` on counters) -> their label names."""
+    out: dict[str, tuple[str, ...]] = {}
+    for family in Metrics(None).families:
+        exposed = family._name + ("_total" if family._type == "counter" else "")
+        out[exposed] = tuple(family._labelnames)
+    return out
+
+
+def test_every_own_instrument_maps_onto_a_prometheus_family_as_documented() -> None:
+    """Issue 17, naming: each ``streamsentinel.*`` instrument has a Prometheus twin (the family the
+    shipped dashboard and alerts query), every attribute it records has that family's label, and
+    docs/metrics.md lists both mappings with the family name an OTLP export really yields."""
+    creations = _Creations()
+    OTelMetricsSink(creations, semconv_metrics=True)  # type: ignore[arg-type]
+    own = [c for c in creations.created if c[1].startswith("streamsentinel.")]
+    families = _prometheus_families()
+    assert {name for _, name, _ in own} == set(_names.PROMETHEUS_TWINS)
+    assert set(_names.PROMETHEUS_TWINS.values()) <= set(families)
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "metrics.md").read_text()
+    for kind, name, unit in own:
+        row = f"| `{name}` | `{otlp_family(kind, name, unit)}` | `{_names.PROMETHEUS_TWINS[name]}` |"
+        assert row in docs
+    for attribute, label in _names.PROMETHEUS_LABELS.items():
+        assert f"| `{attribute}` | `{label}` |" in docs
+    alone = docs.split("Prometheus families with no OTel twin")[1].split("\n\n")[0]
+    assert set(re.findall(r"`(\w+)`", alone)) == set(families) - set(_names.PROMETHEUS_TWINS.values())
+    # Every attribute the sink records on its own instruments is the twin family's label.
+    h = Harness()
+    h.sink.end(RECORD._replace(outcome="truncated", reason="stall", error_type="stall"), None)
+    h.sink.end(RECORD._replace(outcome="rejected", events=(Rejection(reason="circuit_open"),)), None)
+    h.sink.event(START, RetryEvent(at=0.1, layer="sdk", reason="rate_limited", attempt=2, delay=None), None)
+    h.sink.event(START, RateLimitEvent(at=0.1, kind="tokens", status=429), None)
+    h.sink.event(START, ResumeEvent(at=1.5, strategy="replay", result="resumed", attempt=1), None)
+    h.sink.event(None, BreakerTransition(breaker="b", from_state="closed", to_state="open"), None)
+    h.sink.event(None, BreakerRates(breaker="b", failure_rate=0.5, slow_call_rate=0.0), None)
+    h.sink.event(None, BreakerCall(breaker="b", kind="rejected"), None)
+    h.sink.event(None, BreakerCall(breaker="b", kind="fallback"), None)
+    h.sink.event(None, StoreError(operation="refresh"), None)
+    h.sink.event(None, StoreFallback(active=True), None)
+    seen = {name: metric for name, metric in h.collect().items() if name.startswith("streamsentinel.")}
+    assert set(seen) == set(_names.PROMETHEUS_TWINS)  # every instrument recorded once at least
+    for name, metric in seen.items():
+        labels = families[_names.PROMETHEUS_TWINS[name]]
+        for point in metric.data.data_points:
+            assert {_names.PROMETHEUS_LABELS[a] for a in point.attributes or {}} <= set(labels), name
+    h.provider.shutdown()

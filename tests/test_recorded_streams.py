@@ -366,7 +366,7 @@ def check_completed(
     assert attrs is not None
     response_id, response_model = recorded_response(recording)
     assert attrs["streamsentinel.outcome"] == "completed"
-    assert attrs["streamsentinel.chunks"] == expected["events"]
+    assert attrs["streamsentinel.chunk.count"] == expected["events"]
     assert attrs["gen_ai.response.id"] == response_id
     assert attrs["gen_ai.response.model"] == response_model
     assert tuple(attrs["gen_ai.response.finish_reasons"]) == tuple(finish_reasons)  # type: ignore[arg-type]
@@ -398,8 +398,8 @@ def check_truncated(telemetry: Telemetry, recording: Recording, cut: Cut) -> Non
     attrs = telemetry.only_span().attributes
     assert attrs is not None
     assert attrs["streamsentinel.outcome"] == cut.outcome
-    assert attrs["streamsentinel.truncation_reason"] == cut.reason
-    assert attrs["streamsentinel.chunks"] == cut.after
+    assert attrs["streamsentinel.truncation.reason"] == cut.reason
+    assert attrs["streamsentinel.chunk.count"] == cut.after
     assert attrs["error.type"] == cut.error_type
     if recording.api != "responses":
         assert attrs["streamsentinel.done_seen"] is False

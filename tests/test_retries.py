@@ -206,9 +206,9 @@ def retry_events(telemetry: Telemetry) -> list[tuple[str, str, int]]:
     """The span's ``streamsentinel.retry`` events as (layer, reason, attempt)."""
     return [
         (
-            str(attrs["streamsentinel.layer"]),
-            str(attrs["streamsentinel.reason"]),
-            int(attrs["streamsentinel.attempt"]),  # type: ignore[arg-type]
+            str(attrs["streamsentinel.retry.layer"]),
+            str(attrs["streamsentinel.retry.reason"]),
+            int(attrs["streamsentinel.retry.attempt"]),  # type: ignore[arg-type]
         )
         for e in telemetry.only_span().events
         if e.name == "streamsentinel.retry" and (attrs := e.attributes) is not None
@@ -494,7 +494,7 @@ async def test_attempts_cap_ends_with_the_last_failure(
     assert retry_events(telemetry) == [("sentinel", "connection_error", 2), ("sentinel", "truncated", 3)]
     span = telemetry.only_span()
     assert span.attributes is not None
-    assert span.attributes["streamsentinel.truncation_reason"] == "malformed_event"
+    assert span.attributes["streamsentinel.truncation.reason"] == "malformed_event"
     assert span.attributes["error.type"] == "malformed_event"
     assert delays == [0.0, 0.0]
     assert [(line[1], line[2]) for line in retry_lines(seen)] == [("connection_error", 2), ("truncated", 3)]
@@ -631,7 +631,7 @@ async def test_stall_after_output_is_classified_and_not_retried(
     span = telemetry.only_span()
     assert span.attributes is not None
     assert span.attributes["error.type"] == "stall"
-    assert span.attributes["streamsentinel.truncation_reason"] == "stall"
+    assert span.attributes["streamsentinel.truncation.reason"] == "stall"
     assert delays == []
 
 

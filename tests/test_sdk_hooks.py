@@ -259,7 +259,9 @@ async def test_attempt_and_retry_hooks_see_every_attempt(mode: str, telemetry: T
     assert telemetry.by("openai_stream_retries_total", "reason") == {"rate_limited": 2}
     span = telemetry.only_span()
     assert [
-        dict(e.attributes or {})["streamsentinel.attempt"] for e in span.events if e.name.endswith("retry")
+        dict(e.attributes or {})["streamsentinel.retry.attempt"]
+        for e in span.events
+        if e.name.endswith("retry")
     ] == [
         1,
         2,

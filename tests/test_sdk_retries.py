@@ -150,11 +150,15 @@ async def test_one_retry_then_clean_stream(
 
     span = telemetry.only_span()
     assert span.attributes is not None
-    assert span.attributes["streamsentinel.retries"] == 1
+    assert span.attributes["streamsentinel.retry.sdk_count"] == 1
     assert span.attributes["streamsentinel.outcome"] == "completed"
     assert span.attributes["streamsentinel.request_id"] == records[1].request_id
     assert span_retry_events(telemetry) == [
-        {"streamsentinel.layer": "sdk", "streamsentinel.reason": reason, "streamsentinel.attempt": 1}
+        {
+            "streamsentinel.retry.layer": "sdk",
+            "streamsentinel.retry.reason": reason,
+            "streamsentinel.retry.attempt": 1,
+        }
     ]
 
     retries = log_lines(seen, "stream.retry")
@@ -192,9 +196,9 @@ async def test_retries_exhausted(
     assert telemetry.value("openai_stream_in_flight") == 0
     span = telemetry.only_span()
     assert span.attributes is not None
-    assert span.attributes["streamsentinel.retries"] == 2
+    assert span.attributes["streamsentinel.retry.sdk_count"] == 2
     assert span.attributes["error.type"] == "rate_limited"
-    assert [e["streamsentinel.attempt"] for e in span_retry_events(telemetry)] == [1, 2]
+    assert [e["streamsentinel.retry.attempt"] for e in span_retry_events(telemetry)] == [1, 2]
     assert [e["attempt"] for e in log_lines(seen, "stream.retry")] == [1, 2]
     assert len(log_lines(seen, "stream.rate_limited")) == 3
 
@@ -211,7 +215,8 @@ async def test_retries_with_different_reasons(
     assert telemetry.by("openai_stream_retries_total", "reason") == {"server_error": 1, "rate_limited": 1}
     assert telemetry.by("openai_stream_rate_limit_events_total", "kind") == {"tokens": 1}
     assert [
-        (e["streamsentinel.reason"], e["streamsentinel.attempt"]) for e in span_retry_events(telemetry)
+        (e["streamsentinel.retry.reason"], e["streamsentinel.retry.attempt"])
+        for e in span_retry_events(telemetry)
     ] == [
         ("server_error", 1),
         ("rate_limited", 2),

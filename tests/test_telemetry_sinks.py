@@ -150,7 +150,7 @@ def test_chat_span(chaos: ChaosServer, telemetry: Telemetry, client: openai.Open
         "server.address": "127.0.0.1",
         "server.port": chaos.port,
         "streamsentinel.outcome": "completed",
-        "streamsentinel.chunks": CHAT_ITEMS,
+        "streamsentinel.chunk.count": CHAT_ITEMS,
         "streamsentinel.done_seen": True,
         "streamsentinel.request_id": record.request_id,
     }
@@ -177,7 +177,7 @@ def test_responses_span(chaos: ChaosServer, telemetry: Telemetry, client: openai
     assert a["gen_ai.response.finish_reasons"] == ("stop",)
     assert a["gen_ai.usage.input_tokens"] == record.usage["input_tokens"]
     assert a["gen_ai.usage.output_tokens"] == record.usage["output_tokens"]
-    assert a["streamsentinel.chunks"] == len(events)
+    assert a["streamsentinel.chunk.count"] == len(events)
     assert a["streamsentinel.outcome"] == "completed"
     assert "gen_ai.response.time_to_first_chunk" in a
 
@@ -188,13 +188,13 @@ def test_truncated_span(telemetry: Telemetry, client: openai.OpenAI) -> None:
     assert span.status.status_code is StatusCode.ERROR
     a = attrs(span.attributes)
     assert a["streamsentinel.outcome"] == "truncated"
-    assert a["streamsentinel.truncation_reason"] == "eof_before_done"
+    assert a["streamsentinel.truncation.reason"] == "eof_before_done"
     assert a["error.type"] == "truncated"
     assert a["streamsentinel.done_seen"] is False
     # Semconv: a finish reason expected but never received reports "error" for its position.
     assert a["gen_ai.response.finish_reasons"] == ("error",)
     assert events_named(span, "streamsentinel.truncated") == [
-        {"streamsentinel.reason": "eof_before_done", "streamsentinel.chunks": AFTER}
+        {"streamsentinel.truncation.reason": "eof_before_done", "streamsentinel.chunk.count": AFTER}
     ]
     assert [e.name for e in span.events] == ["streamsentinel.truncated"]
 
@@ -209,8 +209,8 @@ def test_chunk_events(telemetry: Telemetry, client: openai.OpenAI, chunk_events:
     # One event for the stream, never one per chunk (the SDK keeps only 128 events a span).
     assert [e.name for e in span.events] == ["streamsentinel.chunks"] * expected
     if expected:
-        assert set(timeline[0]) == {"streamsentinel.chunk_offsets"}  # no content by default
-        assert len(timeline[0]["streamsentinel.chunk_offsets"]) == CHAT_ITEMS
+        assert set(timeline[0]) == {"streamsentinel.chunk.offsets"}  # no content by default
+        assert len(timeline[0]["streamsentinel.chunk.offsets"]) == CHAT_ITEMS
 
 
 def test_chunk_offsets_are_the_chunk_times_of_the_record(telemetry: Telemetry, client: openai.OpenAI) -> None:
@@ -221,7 +221,7 @@ def test_chunk_offsets_are_the_chunk_times_of_the_record(telemetry: Telemetry, c
     span = telemetry.only_span()
     (event,) = [e for e in span.events if e.name == "streamsentinel.chunks"]
     assert event.attributes is not None
-    offsets: Any = event.attributes["streamsentinel.chunk_offsets"]
+    offsets: Any = event.attributes["streamsentinel.chunk.offsets"]
     assert record.time_to_first_chunk is not None and len(record.chunk_gaps) == CHAT_ITEMS - 1
     assert offsets[0] == record.time_to_first_chunk
     assert offsets[0] == (span.attributes or {})["gen_ai.response.time_to_first_chunk"]
@@ -237,7 +237,7 @@ def test_chunk_offsets_keep_every_chunk_of_a_long_stream(telemetry: Telemetry, c
     items = list(open_chat(client, extra_headers={"x-chaos-chunks": "300"}))
     assert len(items) == 303  # role, 300 content chunks, finish, usage
     (event,) = events_named(telemetry.only_span(), "streamsentinel.chunks")
-    assert len(event["streamsentinel.chunk_offsets"]) == 303
+    assert len(event["streamsentinel.chunk.offsets"]) == 303
 
 
 def test_no_content_on_spans_by_default(telemetry: Telemetry, client: openai.OpenAI) -> None:
@@ -259,8 +259,8 @@ def test_content_on_spans_only_with_capture_content(telemetry: Telemetry, client
     span = telemetry.only_span()
     assert events_named(span, "streamsentinel.truncated") == [
         {
-            "streamsentinel.reason": "eof_before_done",
-            "streamsentinel.chunks": AFTER,
+            "streamsentinel.truncation.reason": "eof_before_done",
+            "streamsentinel.chunk.count": AFTER,
             "streamsentinel.partial_text": chat_text(cut),
         }
     ]
@@ -271,8 +271,8 @@ def test_chunk_texts_are_each_chunks_own_text(telemetry: Telemetry, client: open
     items = list(open_chat(client))
     (event,) = events_named(telemetry.only_span(), "streamsentinel.chunks")
     own = [(item.choices[0].delta.content or "") if item.choices else "" for item in items]
-    assert list(event["streamsentinel.chunk_texts"]) == own
-    assert len(event["streamsentinel.chunk_offsets"]) == len(items) == CHAT_ITEMS
+    assert list(event["streamsentinel.chunk.texts"]) == own
+    assert len(event["streamsentinel.chunk.offsets"]) == len(items) == CHAT_ITEMS
 
 
 # -- structlog -----------------------------------------------------------------------------------

@@ -171,7 +171,7 @@ def assert_stalled(seen: Seen, telemetry: Telemetry, api: str = "chat") -> None:
     span = telemetry.only_span()
     assert span.attributes is not None
     assert span.attributes["error.type"] == "stall"
-    assert span.attributes["streamsentinel.truncation_reason"] == "stall"
+    assert span.attributes["streamsentinel.truncation.reason"] == "stall"
 
 
 def _reconfigure(telemetry: Telemetry) -> Callable[[], None]:

@@ -15,7 +15,7 @@ from . import _options
 from ._core.config import Settings, breaker_config, resolve, warn_unknown_variables
 from ._core.done_marker import POLICIES
 from ._core.lifecycle import Runtime
-from ._core.log import debug_enabled, log
+from ._log import debug_enabled, log
 
 if TYPE_CHECKING:
     from ._resilience.fleet import Fleet

@@ -129,7 +129,7 @@ def _served_by_run(url: str) -> tuple[WSGIServer, threading.Thread]:
     global _told
     if not _told:
         _told = True
-        from ._core.log import log
+        from ._log import log
 
         log.warning("metrics.served_by_run", url=url, note="start_metrics_server() serves nothing under run")
     thread = threading.Thread(target=lambda: None, name="streamsentinel-metrics-noop", daemon=True)

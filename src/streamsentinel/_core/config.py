@@ -50,12 +50,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
+from .._log import log
 from .._resilience.breaker_config import DEFAULT_CONFIG as DEFAULT_BREAKER
 from .._resilience.breaker_config import DEFAULT_MODE as DEFAULT_BREAKER_MODE
 from .._resilience.breaker_config import BreakerConfig
 from .._resilience.resume import ResumeStrategy
 from .done_marker import DoneMarker
-from .log import log
 
 Mode = Literal["observe", "protect"]
 OnTruncation = Literal["raise", "record"]

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from .. import _forksafe as forksafe
+from .._log import log
 from ..instrumentation._data import Event, StreamRecord, StreamStart
-from .log import log
 
 _log = log
 _PACKAGE = str(Path(__file__).resolve().parents[1])

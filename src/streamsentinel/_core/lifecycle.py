@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 import httpx2
 
 from .. import _forksafe as forksafe
+from .._log import debug_enabled
+from .._log import log as _log
 from .._resilience.breaker_config import BreakerConfig
 from .._resilience.circuit import BreakerKey, Circuits, Fallback
 from .._resilience.retry import RetryBudget, RetryPolicy
@@ -33,8 +35,6 @@ from .context import IN_FALLBACK
 from .controller import StreamController
 from .done_marker import DoneMarker, DoneMarkers
 from .emit import Emitter, InternalErrors
-from .log import debug_enabled
-from .log import log as _log
 from .reaper import REAPER
 from .reopen import Reissue
 from .taxonomy import Operation

@@ -11,10 +11,9 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from functools import lru_cache
-from typing import Any, Literal, NamedTuple
+from typing import Any, NamedTuple
 
-RateLimitKind = Literal["requests", "tokens", "quota", "too_large", "in_stream"]
-"""Bounded values of the ``kind`` label of ``openai_stream_rate_limit_events_total``."""
+from .._vocab import RateLimitKind as RateLimitKind  # re-exported: the core's modules import it here
 
 RESOURCES = ("requests", "tokens")
 

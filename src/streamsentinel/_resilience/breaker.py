@@ -58,7 +58,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 
 from .. import _forksafe as forksafe
-from .._core.log import log
+from .._log import log
 from .breaker_config import (
     DEFAULT_CONFIG,
     INITIAL_STATE,

@@ -48,7 +48,7 @@ class _ToEvents:
         self._emit(BreakerTransition(breaker.name, from_state.value, to_state.value))
 
     def on_call_not_permitted(self, breaker: CircuitBreaker) -> None:
-        self._emit(BreakerCall(breaker.name, "not_permitted"))
+        self._emit(BreakerCall(breaker.name, "rejected"))
 
     def on_rates(self, breaker: CircuitBreaker, failure_rate: float, slow_call_rate: float) -> None:
         rates = (failure_rate, slow_call_rate)

@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from .. import _forksafe as forksafe
-from .._core.log import log
+from .._log import log
 from ..instrumentation._data import Event, PauseEvent, StoreError, StoreFallback
 from . import redis_scripts
 from .retry import RetryBudget

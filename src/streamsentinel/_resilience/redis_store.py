@@ -33,7 +33,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .._core.taxonomy import BreakerResult
+from .._vocab import BreakerResult
 from ..instrumentation._data import BreakerCall, BreakerTransition, Event
 from .breaker import CircuitBreaker
 from .breaker_config import DEFAULT_CONFIG, BreakerConfig, BreakerListener, Permit, State
@@ -199,7 +199,7 @@ class RedisBreakerStore:
     def _refused(self, name: str, view: View, now: float) -> bool:
         """True (refused without asking Redis) while OPEN or while every probe is out."""
         if (view.state == "open" and now < view.open_until) or now < view.full_until:
-            self._emit(BreakerCall(name, "not_permitted"))
+            self._emit(BreakerCall(name, "rejected"))
             return True
         return False
 
@@ -212,7 +212,7 @@ class RedisBreakerStore:
             return FleetPermit(view.version, State.HALF_OPEN, now)
         if view.state == "half_open":
             self.fleet.mark_full(breaker.name, view, now + _FULL_CACHE)
-        self._emit(BreakerCall(breaker.name, "not_permitted"))
+        self._emit(BreakerCall(breaker.name, "rejected"))
         return None
 
     def _is_slow(self, duration: float, ttft: float | None) -> bool:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from .. import _forksafe as forksafe
-from .._core.taxonomy import Failure
+from .._vocab import Failure
 from .resume import ResumeStrategy
 
 PlanKind = Literal["retry", "resume"]

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
 from .. import _forksafe as forksafe
-from .._core.taxonomy import BreakerResult
+from .._vocab import BreakerResult
 from .breaker import CircuitBreaker
 from .breaker_config import DEFAULT_CONFIG, BreakerConfig, BreakerListener, Permit, State, is_int
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .._core.controller import StreamController
-from .._core.log import log
+from .._log import log
 from . import compat
 from .proxy import ObservedAsyncStream, ObservedStream, adopt
 from .raw import observe_raw

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
-from .._core.taxonomy import ErrorType, Operation, Outcome, RateLimitKind, TruncationReason
+from .._vocab import ErrorType, Operation, Outcome, RateLimitKind, TruncationReason
 
 __all__ = [
     "BreakerCall",
@@ -161,11 +161,11 @@ class BreakerState:
 
 @dataclass(frozen=True, slots=True)
 class BreakerCall:
-    """A call an open breaker did not permit (``not_permitted``), or one its fallback served
-    (``fallback``)."""
+    """A call an open breaker rejected (``rejected``: it did not permit it), or one its fallback
+    served (``fallback``)."""
 
     breaker: str
-    kind: Literal["not_permitted", "fallback"]
+    kind: Literal["rejected", "fallback"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,7 +222,7 @@ class StreamRecord(NamedTuple):
     Attributes:
         start: the :class:`StreamStart` it began with.
         outcome: ``completed``, ``truncated``, ``failed``, ``abandoned`` or ``rejected``
-            (see ``streamsentinel._core.taxonomy``).
+            (see ``streamsentinel._vocab``).
         error_type, reason: the failure's ``ErrorType`` and, for a stream that had its 200, its
             ``TruncationReason``; None when it did not fail.
         error_code: an in-stream error's code, when there was one.

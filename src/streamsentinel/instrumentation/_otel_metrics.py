@@ -63,6 +63,7 @@ from opentelemetry.semconv.schemas import Schemas
 from opentelemetry.util.types import AttributeValue
 
 from .. import _forksafe as forksafe
+from . import _names as nm
 from ._data import (
     BreakerCall,
     BreakerRates,
@@ -81,7 +82,7 @@ from ._data import (
 
 __all__ = ["OTelMetricsSink", "official_instrumentor_active"]
 
-METER_NAME = "streamsentinel"
+METER_NAME = nm.NAMESPACE
 SCHEMA_URL = Schemas.V1_37_0.value
 # The semantic conventions' bucket advice (what the official util-genai uses).
 DURATION_BUCKETS = [0.01 * 2**i for i in range(14)]  # 0.01, 0.02, 0.04 ... 81.92 (exact)
@@ -98,24 +99,6 @@ _SEMCONV_HISTOGRAMS = (  # (name, unit, description, buckets), in the order __in
 )
 BREAKER_STATES = ("closed", "open", "half_open", "disabled", "forced_open", "metrics_only")
 OVERFLOW_LABEL = "_other"  # the core's bounded-label value past max_model_labels or max_label_sets
-
-# streamsentinel's own attribute names.
-OPERATION = "streamsentinel.operation"
-OUTCOME = "streamsentinel.outcome"
-TRUNCATION_REASON = "streamsentinel.truncation.reason"
-RETRY_LAYER = "streamsentinel.retry.layer"
-RETRY_REASON = "streamsentinel.retry.reason"
-RATE_LIMIT_KIND = "streamsentinel.rate_limit.kind"
-RESUME_STRATEGY = "streamsentinel.resume.strategy"
-RESUME_RESULT = "streamsentinel.resume.result"
-TOKEN_TYPE = "streamsentinel.token.type"
-FINISH_REASON = "streamsentinel.finish_reason"
-BREAKER_NAME = "streamsentinel.breaker.name"
-BREAKER_STATE = "streamsentinel.breaker.state"
-BREAKER_FROM_STATE = "streamsentinel.breaker.from_state"
-BREAKER_TO_STATE = "streamsentinel.breaker.to_state"
-REJECT_REASON = "streamsentinel.reject.reason"
-STORE_OPERATION = "streamsentinel.store.operation"
 
 _CHAT = gen_ai.GenAiOperationNameValues.CHAT.value
 SEMCONV_OPERATION = {
@@ -161,7 +144,7 @@ def official_instrumentor_active(operation: str) -> bool:
 def _own(stream: StreamStart) -> dict[str, AttributeValue]:
     """The attributes of every streamsentinel.stream.* point (bounded values)."""
     return {
-        OPERATION: stream.operation,
+        nm.OPERATION: stream.operation,
         gen_ai.GEN_AI_REQUEST_MODEL: stream.model,
         SERVER_ADDRESS: stream.server,
     }
@@ -193,27 +176,26 @@ class OTelMetricsSink:
         self.operation_duration, self.time_to_first_chunk, self.time_per_output_chunk, self.token_usage = (
             hist(*spec) for spec in _SEMCONV_HISTOGRAMS
         )
-        s = "streamsentinel.stream."
-        self.requests = count(s + "requests", "{request}", "Stream requests by outcome.")
-        self.truncations = count(s + "truncations", "{stream}", "Streams ended early after their 200.")
-        self.errors = count(s + "errors", "{error}", "Failed or truncated streams by error type.")
-        self.retries = count(s + "retries", "{retry}", "Retries by layer (sdk, sentinel) and reason.")
-        self.rate_limit_events = count(s + "rate_limit_events", "{event}", "429s and in-stream limits.")
-        self.resumes = count(s + "resumes", "{resume}", "Stream resumes by strategy and result.")
-        self.chunks = count(s + "chunks", "{chunk}", "Items delivered to the consumer.")
-        self.tokens = count(s + "tokens", "{token}", "Tokens reported by the server, by type.")
-        self.finish_reasons = count(s + "finish_reasons", "{choice}", "Finish reasons received.")
-        self.duration = hist(s + "duration", "s", "Stream duration by outcome.", STREAM_DURATION_BUCKETS)
-        self.time_to_first_token = hist(s + "time_to_first_token", "s", "Time to first output.", TTFT_BUCKETS)
-        self.max_chunk_gap = hist(s + "max_chunk_gap", "s", "Longest gap between two items.", GAP_BUCKETS)
-        b = "streamsentinel.breaker."
-        self.transitions = count(b + "transitions", "{transition}", "Circuit breaker state transitions.")
-        self.not_permitted = count(b + "not_permitted", "{call}", "Calls an open breaker rejected.")
-        self.fallbacks = count(b + "fallbacks", "{call}", "Calls a breaker's fallback served.")
-        st = "streamsentinel.store."
-        self.store_errors = count(st + "errors", "{error}", "Failed calls to the shared store (Redis).")
+        self.requests = count(nm.STREAM_REQUESTS, "{request}", "Stream requests by outcome.")
+        self.truncations = count(nm.STREAM_TRUNCATIONS, "{stream}", "Streams ended early after their 200.")
+        self.errors = count(nm.STREAM_ERRORS, "{error}", "Failed or truncated streams by error type.")
+        self.retries = count(nm.STREAM_RETRIES, "{retry}", "Retries by layer (sdk, sentinel) and reason.")
+        self.rate_limit_events = count(nm.STREAM_RATE_LIMIT_EVENTS, "{event}", "429s and in-stream limits.")
+        self.resumes = count(nm.STREAM_RESUMES, "{resume}", "Stream resumes by strategy and result.")
+        self.chunks = count(nm.STREAM_CHUNKS, "{chunk}", "Items delivered to the consumer.")
+        self.tokens = count(nm.STREAM_TOKENS, "{token}", "Tokens reported by the server, by type.")
+        self.finish_reasons = count(nm.STREAM_FINISH_REASONS, "{choice}", "Finish reasons received.")
+        self.duration = hist(nm.STREAM_DURATION, "s", "Stream duration by outcome.", STREAM_DURATION_BUCKETS)
+        self.time_to_first_token = hist(
+            nm.STREAM_TIME_TO_FIRST_TOKEN, "s", "Time to first output.", TTFT_BUCKETS
+        )
+        self.max_chunk_gap = hist(nm.STREAM_MAX_CHUNK_GAP, "s", "Longest gap between two items.", GAP_BUCKETS)
+        self.transitions = count(nm.BREAKER_TRANSITIONS, "{transition}", "Circuit breaker state transitions.")
+        self.rejected = count(nm.BREAKER_REJECTED, "{call}", "Calls an open breaker rejected.")
+        self.fallbacks = count(nm.BREAKER_FALLBACKS, "{call}", "Calls a breaker's fallback served.")
+        self.store_errors = count(nm.STORE_ERRORS, "{error}", "Failed calls to the shared store (Redis).")
         self.rejections = count(
-            s + "rejections", "{request}", "Requests rejected with no request, by reason."
+            nm.STREAM_REJECTIONS, "{request}", "Requests rejected with no request, by reason."
         )
         self._fallback: int | None = None
         self._lock = threading.Lock()
@@ -221,10 +203,19 @@ class OTelMetricsSink:
         self._rates: dict[str, tuple[float, float]] = {}
         forksafe.register(self)
         gauge = meter.create_observable_gauge
-        gauge(b + "state", [self._observe_states], "1", "1 for the breaker's current state, 0 for others.")
-        gauge(b + "failure_rate", [self._rate_callback(0)], "1", "Sliding-window failure rate, 0..1.")
-        gauge(b + "slow_call_rate", [self._rate_callback(1)], "1", "Sliding-window slow-call rate, 0..1.")
-        gauge(st + "fallback", [self._observe_fallback], "1", "1 while running on local state (Redis down).")
+        gauge(
+            nm.BREAKER_STATE_GAUGE,
+            [self._observe_states],
+            "1",
+            "1 for the breaker's current state, 0 for others.",
+        )
+        gauge(nm.BREAKER_FAILURE_RATE, [self._rate_callback(0)], "1", "Sliding-window failure rate, 0..1.")
+        gauge(
+            nm.BREAKER_SLOW_CALL_RATE, [self._rate_callback(1)], "1", "Sliding-window slow-call rate, 0..1."
+        )
+        gauge(
+            nm.STORE_FALLBACK, [self._observe_fallback], "1", "1 while running on local state (Redis down)."
+        )
 
     def _after_fork_in_child(self) -> None:
         self._lock = threading.Lock()
@@ -247,16 +238,16 @@ class OTelMetricsSink:
             return
         st = record.start
         own = _own(st)
-        by_outcome = {**own, OUTCOME: record.outcome}
+        by_outcome = {**own, nm.OUTCOME: record.outcome}
         self.requests.add(1, by_outcome)
         if record.outcome == "rejected":
             for item in record.events:
                 if isinstance(item, Rejection):
-                    self.rejections.add(1, {**own, REJECT_REASON: item.reason})
+                    self.rejections.add(1, {**own, nm.REJECT_REASON: item.reason})
                     break
         self.duration.record(record.duration, by_outcome)
         if record.reason is not None:
-            self.truncations.add(1, {**own, TRUNCATION_REASON: record.reason})
+            self.truncations.add(1, {**own, nm.TRUNCATION_REASON: record.reason})
         if record.error_type is not None:
             self.errors.add(1, {**own, ERROR_TYPE: record.error_type})
         if record.chunks:
@@ -266,11 +257,11 @@ class OTelMetricsSink:
             self.time_to_first_token.record(record.time_to_first_token, own)
         for finish_reason in record.finish_reasons:
             if finish_reason != "error":  # semconv's marker of a missing reason, not one the server sent
-                self.finish_reasons.add(1, {**own, FINISH_REASON: finish_reason})
+                self.finish_reasons.add(1, {**own, nm.FINISH_REASON: finish_reason})
         for token_type, field in _TOKENS:
             tokens = getattr(record, field)
             if tokens:
-                self.tokens.add(tokens, {**own, TOKEN_TYPE: token_type})
+                self.tokens.add(tokens, {**own, nm.TOKEN_TYPE: token_type})
         semconv = self._semconv
         if semconv is None:  # auto: leave gen_ai.client.* to an official instrumentor recording this call
             semconv = not official_instrumentor_active(st.operation)
@@ -305,27 +296,29 @@ class OTelMetricsSink:
         if isinstance(event, (RetryEvent, RateLimitEvent, ResumeEvent)):
             own = _own(stream) if stream is not None else {}
             if isinstance(event, RetryEvent):
-                self.retries.add(1, {**own, RETRY_LAYER: event.layer, RETRY_REASON: event.reason})
+                self.retries.add(1, {**own, nm.RETRY_LAYER: event.layer, nm.RETRY_REASON: event.reason})
             elif isinstance(event, RateLimitEvent):
-                self.rate_limit_events.add(1, {**own, RATE_LIMIT_KIND: event.kind})
+                self.rate_limit_events.add(1, {**own, nm.RATE_LIMIT_KIND: event.kind})
             elif event.result != "started":
-                self.resumes.add(1, {**own, RESUME_STRATEGY: event.strategy, RESUME_RESULT: event.result})
+                self.resumes.add(
+                    1, {**own, nm.RESUME_STRATEGY: event.strategy, nm.RESUME_RESULT: event.result}
+                )
         elif isinstance(event, BreakerTransition):
             with self._lock:
                 self._states[event.breaker] = event.to_state
-            transition = {BREAKER_FROM_STATE: event.from_state, BREAKER_TO_STATE: event.to_state}
-            self.transitions.add(1, {BREAKER_NAME: event.breaker, **transition})
+            transition = {nm.BREAKER_FROM_STATE: event.from_state, nm.BREAKER_TO_STATE: event.to_state}
+            self.transitions.add(1, {nm.BREAKER_NAME: event.breaker, **transition})
         elif isinstance(event, BreakerState):
             with self._lock:
                 self._states[event.breaker] = event.state
         elif isinstance(event, BreakerCall):
-            counter = self.not_permitted if event.kind == "not_permitted" else self.fallbacks
-            counter.add(1, {BREAKER_NAME: event.breaker})
+            counter = self.rejected if event.kind == "rejected" else self.fallbacks
+            counter.add(1, {nm.BREAKER_NAME: event.breaker})
         elif isinstance(event, BreakerRates):
             with self._lock:
                 self._rates[event.breaker] = (event.failure_rate, event.slow_call_rate)
         elif isinstance(event, StoreError):
-            self.store_errors.add(1, {STORE_OPERATION: event.operation})
+            self.store_errors.add(1, {nm.STORE_OPERATION: event.operation})
         elif isinstance(event, StoreFallback):
             self._fallback = 1 if event.active else 0
         # RateLimitHeaders, ChunkEvent, GapEvent, InStreamErrorEvent: nothing (the record has them).
@@ -343,7 +336,7 @@ class OTelMetricsSink:
         with self._lock:
             states = list(self._states.items())
         return [
-            Observation(int(state == current), {BREAKER_NAME: breaker, BREAKER_STATE: state})
+            Observation(int(state == current), {nm.BREAKER_NAME: breaker, nm.BREAKER_STATE: state})
             for breaker, current in states
             for state in BREAKER_STATES
         ]
@@ -352,6 +345,6 @@ class OTelMetricsSink:
         def observe(options: CallbackOptions) -> Iterable[Observation]:
             with self._lock:
                 rates = [(breaker, pair[index]) for breaker, pair in self._rates.items()]
-            return [Observation(rate, {BREAKER_NAME: b}) for b, rate in rates if not math.isnan(rate)]
+            return [Observation(rate, {nm.BREAKER_NAME: b}) for b, rate in rates if not math.isnan(rate)]
 
         return observe

@@ -2,16 +2,17 @@
 
 Span name ``{gen_ai.operation.name} {gen_ai.request.model}``; ``gen_ai.*``, ``server.*`` and
 ``error.type`` attributes (names imported from ``_semconv``, never retyped); streamsentinel's own
-under ``streamsentinel.*``. The span starts with the call, is current only while the SDK's
-``create()`` runs (``activate``), and ends when the stream ends: the stream's timeline (gaps,
-retries, rate limits, resumes, breaker transitions) is added then, with each event's own time,
-so nothing is done per chunk.
+under ``streamsentinel.*`` (from ``_names``). The span starts with the call, is current only
+while the SDK's ``create()`` runs (``activate``), and ends when the stream ends: the stream's
+timeline (gaps, retries, rate limits, resumes) is added then, with each event's own time, so
+nothing is done per chunk.
 
 With ``chunk_events="all"`` every item's time is kept, in one ``streamsentinel.chunks`` event
-(:data:`CHUNK_OFFSETS`, and :data:`CHUNK_TEXTS` with ``capture_content``) rather than an event per
-item: a span event costs the OTel SDK about 20,000 CPU instructions (twice that with an
-attribute), more than the SDK's whole parsing of a chunk's JSON, and the SDK keeps only the last
-128 events of a span (``OTEL_SPAN_EVENT_COUNT_LIMIT``) while an attribute array keeps them all.
+(``streamsentinel.chunk.offsets``, and ``streamsentinel.chunk.texts`` with ``capture_content``)
+rather than an event per item: a span event costs the OTel SDK about 20,000 CPU instructions
+(twice that with an attribute), more than the SDK's whole parsing of a chunk's JSON, and the SDK
+keeps only the last 128 events of a span (``OTEL_SPAN_EVENT_COUNT_LIMIT``) while an attribute
+array keeps them all.
 
 Semconv rules followed: ``gen_ai.response.time_to_first_chunk`` is the first chunk of any kind;
 ``gen_ai.response.finish_reasons`` reports ``error`` for a position whose finish reason never came
@@ -27,10 +28,10 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer, TracerProvider
 
-from .._core.taxonomy import REJECTED_ERROR_TYPE
+from .._vocab import REJECTED_ERROR_TYPE
+from . import _names as nm
 from . import _semconv as sc
 from ._data import (
-    BreakerTransition,
     ChunkEvent,
     Event,
     GapEvent,
@@ -42,16 +43,10 @@ from ._data import (
     StreamStart,
 )
 
-TRACER_NAME = "streamsentinel"
-
-CHUNKS_EVENT = "streamsentinel.chunks"
-"""The span event of a stream's item timeline (``chunk_events="all"``), at the last item's time."""
-CHUNK_OFFSETS = "streamsentinel.chunk_offsets"
-"""Seconds from the span's start at which each item reached the consumer, in order (float[]):
-one value per item of the attempt that was delivered (``streamsentinel.chunks`` values)."""
-CHUNK_TEXTS = "streamsentinel.chunk_texts"
-"""The text each item carried (string[], ``""`` for none), aligned with :data:`CHUNK_OFFSETS`;
-only with ``capture_content``."""
+TRACER_NAME = nm.NAMESPACE
+CHUNKS_EVENT = nm.CHUNKS_EVENT
+CHUNK_OFFSETS = nm.CHUNK_OFFSETS
+CHUNK_TEXTS = nm.CHUNK_TEXTS
 
 _REQUEST_PARAMS = {
     "max_tokens": sc.GEN_AI_REQUEST_MAX_TOKENS,
@@ -66,31 +61,23 @@ _REQUEST_PARAMS = {
 def _event(event: Event) -> tuple[str, dict[str, Any]] | None:
     """A timeline event as a span event ``(name, attributes)``; None for those not on spans."""
     if isinstance(event, GapEvent):
-        return "streamsentinel.gap", {"streamsentinel.gap": event.gap}
+        return nm.GAP_EVENT, {nm.GAP_DURATION: event.gap}
     if isinstance(event, RetryEvent):
-        return "streamsentinel.retry", {
-            "streamsentinel.layer": event.layer,
-            "streamsentinel.reason": event.reason,
-            "streamsentinel.attempt": event.attempt,
+        return nm.RETRY_EVENT, {
+            nm.RETRY_LAYER: event.layer,
+            nm.RETRY_REASON: event.reason,
+            nm.RETRY_ATTEMPT: event.attempt,
         }
     if isinstance(event, RateLimitEvent):
-        return "streamsentinel.rate_limited", {"streamsentinel.kind": event.kind}
+        return nm.RATE_LIMITED_EVENT, {nm.RATE_LIMIT_KIND: event.kind}
     if isinstance(event, ResumeEvent):
-        return "streamsentinel.resume", {
-            "streamsentinel.strategy": event.strategy,
-            "streamsentinel.result": event.result,
-        }
+        return nm.RESUME_EVENT, {nm.RESUME_STRATEGY: event.strategy, nm.RESUME_RESULT: event.result}
     if isinstance(event, InStreamErrorEvent):
-        attributes: dict[str, Any] = {"streamsentinel.error_type": event.error_type}
+        attributes: dict[str, Any] = {sc.ERROR_TYPE: event.error_type}
         if event.code:
-            attributes["streamsentinel.error_code"] = event.code
-        return "streamsentinel.in_stream_error", attributes
-    if isinstance(event, BreakerTransition):
-        return "streamsentinel.circuit_state", {
-            "streamsentinel.breaker": event.breaker,
-            "streamsentinel.from_state": event.from_state,
-            "streamsentinel.to_state": event.to_state,
-        }
+            attributes[nm.ERROR_CODE] = event.code
+        return nm.IN_STREAM_ERROR_EVENT, attributes
+    # Breaker events concern no one stream: they reach the metrics and log sinks, never a span.
     return None
 
 
@@ -160,19 +147,19 @@ class OTelTraceSink:
     def _fill(self, record: StreamRecord, span: Span) -> None:
         start_ns = record.start.start_ns
         attrs: dict[str, Any] = {
-            "streamsentinel.outcome": record.outcome,
-            "streamsentinel.chunks": record.chunks,
-            "streamsentinel.max_chunk_gap": record.max_gap,
+            nm.OUTCOME: record.outcome,
+            nm.CHUNK_COUNT: record.chunks,
+            nm.MAX_CHUNK_GAP: record.max_gap,
         }
         # Only what happened: every attribute costs the SDK a validation and the exporter bytes.
         if record.sdk_retries:
-            attrs["streamsentinel.retries"] = record.sdk_retries
+            attrs[nm.SDK_RETRY_COUNT] = record.sdk_retries
         if record.sentinel_retries:
-            attrs["streamsentinel.sentinel_retries"] = record.sentinel_retries
+            attrs[nm.SENTINEL_RETRY_COUNT] = record.sentinel_retries
         if record.done_seen is not None:
-            attrs["streamsentinel.done_seen"] = record.done_seen
+            attrs[nm.DONE_SEEN] = record.done_seen
         if record.reason is not None:
-            attrs["streamsentinel.truncation_reason"] = record.reason
+            attrs[nm.TRUNCATION_REASON] = record.reason
         if record.response_id:
             attrs[sc.GEN_AI_RESPONSE_ID] = record.response_id
         if record.response_model:
@@ -186,12 +173,12 @@ class OTelTraceSink:
         if record.reasoning_tokens is not None:
             attrs[sc.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS] = record.reasoning_tokens
         if record.request_id:
-            attrs["streamsentinel.request_id"] = record.request_id
+            attrs[nm.REQUEST_ID] = record.request_id
         if record.time_to_first_chunk is not None:
             attrs[sc.GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK] = record.time_to_first_chunk
         if record.time_to_first_token is not None:
             # An attribute, not an event: an event costs the SDK several times more.
-            attrs["streamsentinel.time_to_first_token"] = record.time_to_first_token
+            attrs[nm.TIME_TO_FIRST_TOKEN] = record.time_to_first_token
         if record.finish_reasons:
             attrs[sc.GEN_AI_RESPONSE_FINISH_REASONS] = record.finish_reasons
         if self.chunk_timeline and record.time_to_first_chunk is not None:
@@ -203,12 +190,12 @@ class OTelTraceSink:
                 span.add_event(named[0], named[1], start_ns + int(at * 1e9))
         if record.reason is not None:
             truncated: dict[str, Any] = {
-                "streamsentinel.reason": record.reason,
-                "streamsentinel.chunks": record.chunks,
+                nm.TRUNCATION_REASON: record.reason,
+                nm.CHUNK_COUNT: record.chunks,
             }
             if record.partial_text is not None:
-                truncated["streamsentinel.partial_text"] = record.partial_text
-            span.add_event("streamsentinel.truncated", truncated, record.end_ns)
+                truncated[nm.PARTIAL_TEXT] = record.partial_text
+            span.add_event(nm.TRUNCATED_EVENT, truncated, record.end_ns)
         error_type = record.error_type or (REJECTED_ERROR_TYPE if record.outcome == "rejected" else None)
         if error_type is not None:
             attrs[sc.ERROR_TYPE] = error_type

@@ -424,7 +424,7 @@ class PrometheusSink:
         elif isinstance(event, BreakerState):
             self._set_state(event.breaker, event.state)
         elif isinstance(event, BreakerCall):
-            family = m.circuit_rejected if event.kind == "not_permitted" else m.circuit_fallbacks
+            family = m.circuit_rejected if event.kind == "rejected" else m.circuit_fallbacks
             family.labels(event.breaker).inc()
         elif isinstance(event, BreakerRates):
             m.circuit_failure_rate.labels(event.breaker).set(event.failure_rate)

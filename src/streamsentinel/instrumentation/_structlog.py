@@ -1,6 +1,6 @@
 """The log sink: one line per notable moment of a stream, never per chunk unless DEBUG. Lines go
 to structlog when the application configured it, else to the standard ``logging`` module
-(``streamsentinel._core.log``): never to stdout by streamsentinel itself.
+(``streamsentinel._log``): never to stdout by streamsentinel itself.
 
 Events: ``stream.started`` and ``stream.chunk`` (DEBUG only), ``stream.retry`` (INFO),
 ``stream.resume`` and ``stream.rate_limited`` (WARNING; ERROR for quota exhaustion, which needs a
@@ -19,7 +19,7 @@ from typing import Any
 from opentelemetry import trace
 from opentelemetry.trace import SpanContext
 
-from .._core.log import enabled, log
+from .._log import enabled, log
 from ._data import (
     BreakerTransition,
     ChunkEvent,
