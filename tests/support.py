@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,6 +151,22 @@ def uncache_streamsentinel_loggers() -> None:
     from streamsentinel import _log as log
 
     vars(log.STRUCTLOG).pop("bind", None)
+
+
+def wait_blocked_in_read(thread: threading.Thread, timeout: float = 60.0) -> None:
+    """Wait until ``thread`` is inside a network read of the HTTP stack (httpcore's or httpcore2's
+    sync backend ``read``), so that a ``close()`` from another thread breaks that very read rather
+    than landing before it begins (then the next read fails differently: ``StreamClosed``)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        frame = sys._current_frames().get(thread.ident or -1)
+        while frame is not None:
+            code = frame.f_code
+            if code.co_name == "read" and "_backends" in code.co_filename:
+                return
+            frame = frame.f_back
+        time.sleep(0.001)  # polling a fact, not waiting for time to pass
+    raise AssertionError(f"{thread.name} never blocked in a network read")
 
 
 def settle() -> None:

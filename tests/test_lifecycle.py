@@ -37,6 +37,7 @@ from .support import (
     make_telemetry,
     responses_kwargs,
     settle,
+    wait_blocked_in_read,
 )
 
 CHAT_ITEMS = 8  # role chunk, 5 content chunks, finish chunk, usage chunk
@@ -890,6 +891,7 @@ def test_plain_sdk_pending_read_fails_when_closed() -> None:
             reader = threading.Thread(target=read)
             reader.start()
             gate.wait_reached()
+            wait_blocked_in_read(reader)
             stream.close()
             gate.release()
             reader.join(30)
@@ -969,6 +971,7 @@ async def test_close_while_the_reissue_opens_wins(mode: str) -> None:
                     reader = threading.Thread(target=read)
                     reader.start()
                     await asyncio.to_thread(server.gate.wait_reached)
+                    await asyncio.to_thread(wait_blocked_in_read, reader)
                     stream.close()
                     server.gate.release()
                     reader.join(30)
@@ -1030,6 +1033,7 @@ async def test_a_read_broken_by_close_is_not_retried(mode: str) -> None:
                     reader = threading.Thread(target=read)
                     reader.start()
                     await asyncio.to_thread(gate.wait_reached)
+                    await asyncio.to_thread(wait_blocked_in_read, reader)
                     stream.close()
                     gate.release()  # the blocked socket read returns (see the plain SDK's test)
                     reader.join(30)
