@@ -190,7 +190,9 @@ def _options() -> Iterator[tuple[str, str | None, str, str]]:
     from streamsentinel._core import config
 
     described = docstring_args(streamsentinel.instrument)
-    for name, param in inspect.signature(streamsentinel.instrument).parameters.items():
+    for name, param in inspect.signature(
+        streamsentinel.instrument
+    ).parameters.items():
         if param.kind is not inspect.Parameter.KEYWORD_ONLY:
             continue
         meaning = _md(described.get(name, ""))
@@ -204,7 +206,9 @@ def _options() -> Iterator[tuple[str, str | None, str, str]]:
         elif name == "breaker":
             variable = "STREAMSENTINEL_BREAKER_<FIELD>"
             default = "[below](#circuit-breaker-settings)"
-            meaning += " *Accepts* a `BreakerConfig` or a mapping of its fields."
+            meaning += (
+                " *Accepts* a `BreakerConfig` or a mapping of its fields."
+            )
         elif name in objects.GROUPS:
             variable = "one per field"
             default = f"[below](#{name})"
@@ -214,7 +218,14 @@ def _options() -> Iterator[tuple[str, str | None, str, str]]:
 def options_table() -> str:
     """Every parameter of ``instrument()``: its variable (if any), default, meaning."""
     rows = [
-        (f"`{name}`", _long(variable) if variable and variable.isupper() else (variable or NONE), default, meaning)
+        (
+            f"`{name}`",
+            _long(variable)
+            if variable and variable.isupper()
+            else (variable or NONE),
+            default,
+            meaning,
+        )
         for name, variable, default, meaning in _options()
     ]
     return _table(("parameter", "variable", "default", "meaning"), rows)
@@ -228,7 +239,11 @@ def _object_table(parameter: str) -> str:
 
     cls = objects.GROUPS[parameter]
     bullets = list(_field_docs(inspect.getdoc(cls) or ""))
-    flat = {field: option for option, (group, field) in objects.FLAT.items() if group == parameter}
+    flat = {
+        field: option
+        for option, (group, field) in objects.FLAT.items()
+        if group == parameter
+    }
     rows = []
     for name in objects.fields_of(cls):
         option = flat[name]
@@ -239,7 +254,9 @@ def _object_table(parameter: str) -> str:
             variable = _long(config.env_name(option))
             default = _code(getattr(config.DEFAULTS, option))
             observe = config.MODE_DEFAULTS["observe"].get(option)
-            if observe is not None and observe != getattr(config.DEFAULTS, option):
+            if observe is not None and observe != getattr(
+                config.DEFAULTS, option
+            ):
                 default += f" (observe: `{observe}`)"
             text += f" *Accepts* {_md(parser.allowed)}."
         elif option == "redis_url":
@@ -247,7 +264,9 @@ def _object_table(parameter: str) -> str:
         else:
             variable, default = NONE, "none"
         rows.append((_long(name), _long(option), variable, default, text))
-    return _table(("field", "flat keyword", "variable", "default", "meaning"), rows)
+    return _table(
+        ("field", "flat keyword", "variable", "default", "meaning"), rows
+    )
 
 
 def _field_docs(doc: str) -> Iterator[str]:

@@ -33,11 +33,9 @@ if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
     from prometheus_client import CollectorRegistry
 
-    from ._core.config import ChunkEvents, Mode, OnTruncation
+    from ._core.config import Mode, OnTruncation
     from ._resilience.circuit import BreakerKey, Fallback
-    from ._resilience.resume import ResumeStrategy
     from ._resilience.store import BreakerStore
-    from .instrumentation import Sink
     from .errors import (
         CircuitOpenError,
         StreamDivergedError,
@@ -122,7 +120,7 @@ def instrument(
     breaker_store: BreakerStore | None = None,
     fleet: FleetConfig | None = None,
     telemetry: TelemetryConfig | None = None,
-    sinks: Sequence[Sink] = (),
+    sinks: Sequence[Any] = (),
     builtin_sinks: Collection[str] | None = None,
     registry: CollectorRegistry | None = None,
     tracer_provider: TracerProvider | None = None,
@@ -259,7 +257,9 @@ def _canonical(given: Mapping[str, Any]) -> dict[str, Any]:
         ValueError: a flat keyword's value outside its domain (named by the flat keyword).
     """
     options = {
-        k: v for k, v in given.items() if k in _PARAMETERS and v is not None and (v != () or k == "builtin_sinks")
+        k: v
+        for k, v in given.items()
+        if k in _PARAMETERS and v is not None and (v != () or k == "builtin_sinks")  # (): no sinks
     }
     keep = options.get("builtin_sinks")
     if isinstance(keep, (list, tuple, set, frozenset)) and all(isinstance(n, str) for n in keep):
@@ -277,9 +277,9 @@ def _canonical(given: Mapping[str, Any]) -> dict[str, Any]:
             continue
         parameter, field = _config.FLAT[name]
         if parameter in options:
-            cls = _config.GROUPS[parameter].__name__
+            group = _config.GROUPS[parameter].__name__
             raise TypeError(
-                f"{name}= and {parameter}= both given: set {field} in {parameter}={cls}(...) only"
+                f"{name}= and {parameter}= both given: set {field} in {parameter}={group}(...) only"
             )
         if name in _domains.PARSERS:
             value = _domains.explicit(name, value)

@@ -12,11 +12,11 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from . import _options
-from .config import GROUPS
 from ._core.config import Settings, breaker_config, resolve, warn_unknown_variables
 from ._core.done_marker import POLICIES
 from ._core.lifecycle import Runtime
 from ._core.log import debug_enabled, log
+from .config import GROUPS
 
 if TYPE_CHECKING:
     from ._resilience.fleet import Fleet
@@ -98,7 +98,7 @@ def build_runtime(options: dict[str, Any]) -> Runtime:
     options = _options.check(options)
     done_marker = options.get("done_marker")
     by_server: dict[str, str] = {}
-    settings_options = {k: options[k] for k in ("mode", "on_truncation") if k in options}
+    settings_options: dict[str, Any] = {k: options[k] for k in ("mode", "on_truncation") if k in options}
     for parameter in GROUPS:
         if parameter in options:
             settings_options.update(options[parameter].options())

@@ -3,8 +3,8 @@
 Each check raises ``TypeError``/``ValueError`` with one line naming the option, the value (its type
 for objects, never a URL or a client) and what is allowed. Numeric and choice options are checked
 by ``_core.config.resolve``; this module checks the rest: callables where callables are expected,
-sinks against the :class:`~streamsentinel.instrumentation.Sink` protocol, ``builtin_sinks`` names, the registry and
-providers by what streamsentinel will call on them, and ``breaker_key`` templates.
+sinks against the :class:`~streamsentinel.instrumentation.Sink` protocol, ``builtin_sinks`` names,
+the registry and providers by what streamsentinel will call on them, and ``breaker_key`` templates.
 """
 
 from __future__ import annotations
@@ -94,7 +94,9 @@ def check(options: Mapping[str, Any]) -> dict[str, Any]:
     keep = options.get("builtin_sinks")
     if keep is not None:
         if isinstance(keep, (str, bytes)) or not isinstance(keep, Collection):
-            raise TypeError(f"builtin_sinks={_shown(keep)}: expected a collection of names such as ('prometheus',)")
+            raise TypeError(
+                f"builtin_sinks={_shown(keep)}: expected a collection of names such as ('prometheus',)"
+            )
         unknown = [name for name in keep if name not in BUILTIN_SINKS]
         if unknown:
             raise ValueError(

@@ -196,7 +196,6 @@ GROUPS: dict[str, type[_Options]] = {
 """``instrument()``'s parameter for each option object (private to the package)."""
 
 
-
 def _flat() -> dict[str, tuple[str, str]]:
     out: dict[str, tuple[str, str]] = {}
     for parameter, cls in GROUPS.items():

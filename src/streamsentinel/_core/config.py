@@ -51,10 +51,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from .._domains import MODE_DEFAULTS, PARSERS, explicit, parse_bool
 from .._resilience.breaker_config import DEFAULT_CONFIG as DEFAULT_BREAKER
 from .._resilience.breaker_config import DEFAULT_MODE as DEFAULT_BREAKER_MODE
 from .._resilience.breaker_config import BreakerConfig
-from .._domains import MODE_DEFAULTS, PARSERS, explicit, parse_bool
 from .._resilience.resume import ResumeStrategy
 from .done_marker import DoneMarker
 from .log import log
