@@ -228,23 +228,8 @@ def instrument(
             previous[1].close()
 
 
-_PARAMETERS = frozenset(
-    {
-        "mode",
-        "on_truncation",
-        "done_marker",
-        "breaker",
-        "breaker_key",
-        "breaker_fallback",
-        "breaker_store",
-        "sinks",
-        "builtin_sinks",
-        "registry",
-        "tracer_provider",
-        "meter_provider",
-        *_config.GROUPS,
-    }
-)
+# instrument()'s own keyword parameters, from its signature (no list to keep in step by hand).
+_PARAMETERS = frozenset(instrument.__code__.co_varnames[: instrument.__code__.co_kwonlyargcount])
 
 
 def _canonical(given: Mapping[str, Any]) -> dict[str, Any]:

@@ -1,7 +1,12 @@
-"""Settings for :func:`streamsentinel.instrument`, from keyword options and ``STREAMSENTINEL_*`` variables.
+"""Settings for :func:`streamsentinel.instrument`, from explicit options and ``STREAMSENTINEL_*`` variables.
 
-Precedence: an explicit keyword option, then the environment variable, then the default. An
-invalid environment value never breaks the host: it is logged once and the default is used.
+The options are named flat here (``retry_attempts``): the fields of the public option objects
+(``streamsentinel.config``, ``RetryConfig(attempts=...)``) and the flat keywords still accepted map
+onto these names; their domains are defined once, in ``streamsentinel._domains``.
+
+Precedence: an explicit option, then the environment variable, then what ``mode`` sets, then the
+default. An invalid environment value never breaks the host: it is logged once and the default is
+used.
 
 | option | variable | values | default |
 |---|---|---|---|
