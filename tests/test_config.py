@@ -57,8 +57,16 @@ def _settings() -> Any:
     ("build", "error", "message"),
     [
         (lambda: RetryConfig(attempts=0), ValueError, "RetryConfig.attempts=0: expected an integer >= 1"),
-        (lambda: RetryConfig(attempts=True), ValueError, "RetryConfig.attempts=True: expected an integer >= 1"),
-        (lambda: RetryConfig(attempts=1.5), ValueError, "RetryConfig.attempts=1.5: expected an integer >= 1"),
+        (
+            lambda: RetryConfig(attempts=True),
+            ValueError,
+            "RetryConfig.attempts=True: expected an integer >= 1",
+        ),
+        (
+            lambda: RetryConfig(attempts=1.5),  # type: ignore[arg-type]
+            ValueError,
+            "RetryConfig.attempts=1.5: expected an integer >= 1",
+        ),
         (lambda: RetryConfig(base_delay=-1), ValueError, "RetryConfig.base_delay=-1: expected a number >= 0"),
         (
             lambda: RetryConfig(budget_ratio=1.5),
@@ -102,7 +110,11 @@ def _settings() -> Any:
             ValueError,
             "FleetConfig.rate_limit_pause='maybe': expected one of off, wait, reject",
         ),
-        (lambda: FleetConfig(quota_pause=-5), ValueError, "FleetConfig.quota_pause=-5: expected a number > 0"),
+        (
+            lambda: FleetConfig(quota_pause=-5),
+            ValueError,
+            "FleetConfig.quota_pause=-5: expected a number > 0",
+        ),
         (
             lambda: FleetConfig(redis_url=5),  # type: ignore[arg-type]
             TypeError,
@@ -179,7 +191,12 @@ def test_a_field_left_out_reads_its_variable_and_a_field_given_wins(monkeypatch:
         telemetry=TelemetryConfig(max_model_labels=9),
     )
     s = _settings()
-    assert (s.retry_attempts, s.retry_base_delay, s.stall_timeout, s.first_token_timeout) == (4, 0.1, 7.0, 3.0)
+    assert (s.retry_attempts, s.retry_base_delay, s.stall_timeout, s.first_token_timeout) == (
+        4,
+        0.1,
+        7.0,
+        3.0,
+    )
     assert (s.redis_prefix, s.redis_timeout, s.max_label_sets, s.max_model_labels) == ("env:", 0.5, 11, 9)
     streamsentinel.instrument(
         registry=CollectorRegistry(),
@@ -274,10 +291,22 @@ def test_flat_keywords_are_the_fields_of_the_objects() -> None:
             TypeError,
             "max_label_sets= and telemetry= both given",
         ),
-        ({"retry": {"attempts": 2}}, TypeError, "retry=<builtins.dict>: expected a streamsentinel.RetryConfig"),
+        (
+            {"retry": {"attempts": 2}},
+            TypeError,
+            "retry=<builtins.dict>: expected a streamsentinel.RetryConfig",
+        ),
         ({"retry_atempts": 2}, TypeError, "unexpected keyword argument 'retry_atempts' (did you mean"),
-        ({"retry_attempts": 0}, ValueError, "streamsentinel option retry_attempts=0: expected an integer >= 1"),
-        ({"builtin_sinks": ("prom",)}, ValueError, "builtin_sinks: unknown sink 'prom'; built-in: otel_trace"),
+        (
+            {"retry_attempts": 0},
+            ValueError,
+            "streamsentinel option retry_attempts=0: expected an integer >= 1",
+        ),
+        (
+            {"builtin_sinks": ("prom",)},
+            ValueError,
+            "builtin_sinks: unknown sink 'prom'; built-in: otel_trace",
+        ),
         ({"builtin_sinks": "prometheus"}, TypeError, "builtin_sinks='prometheus': expected a collection"),
     ],
 )
@@ -355,7 +384,9 @@ def test_instrument_does_not_import_the_testing_module() -> None:
         "streamsentinel.instrument(registry=CollectorRegistry())\n"
         "print('streamsentinel.testing' in sys.modules)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
     assert out.stdout.strip() == "False", out.stderr
 
 
