@@ -3,10 +3,12 @@
 An MkDocs hook (``hooks:`` in ``mkdocs.yml``): a page holding a marker line such as
 ``<!-- generated: options -->`` gets that line replaced by the table below it names:
 
-- ``options``: every keyword option of :func:`streamsentinel.instrument` (its signature and the
-  ``Args:`` of its docstring) that has a ``STREAMSENTINEL_*`` variable, with what
-  ``_core/config.py``'s parser accepts and the :class:`~streamsentinel._core.config.Settings`
-  default; ``code-options``: the others (objects and callables);
+- ``options``: every parameter of :func:`streamsentinel.instrument` (its signature and the
+  ``Args:`` of its docstring), with its ``STREAMSENTINEL_*`` variable, what the parser of
+  ``_domains.py`` accepts and the :class:`~streamsentinel._core.config.Settings` default;
+- ``retry``, ``timeouts``, ``fleet``, ``telemetry``: every field of the option object of that
+  parameter (``streamsentinel.config``): the flat keyword still accepted, its variable, default
+  (and ``mode="observe"``'s), what it accepts, and the docstring bullet naming it;
 - ``breaker``: every :class:`streamsentinel.BreakerConfig` field, its variable and default;
 - ``prometheus``: every family ``instrumentation/_prometheus.py`` defines (name as exposed, type,
   labels, buckets, help);
@@ -163,9 +165,9 @@ def docstring_args(func: Callable[..., Any]) -> dict[str, str]:
     for line in section.splitlines():
         if line and not line.startswith(" "):
             break  # the next section, or prose after the arguments
-        entry = re.match(r"^ {4}([\w, ]+): (.*)$", line)
+        entry = re.match(r"^ {4}(\*{0,2}\w[\w, ]*): (.*)$", line)
         if entry:
-            names = [n.strip() for n in entry[1].split(",")]
+            names = [n.strip().lstrip("*") for n in entry[1].split(",")]
             for name in names:
                 args[name] = entry[2]
         elif line.startswith(" " * 8):
@@ -182,8 +184,9 @@ def _long(name: str) -> str:
 
 
 def _options() -> Iterator[tuple[str, str | None, str, str]]:
-    """(option, variable or None, default, meaning with what it accepts) in signature order."""
+    """(parameter, variable or None, default, meaning with what it accepts) in signature order."""
     import streamsentinel
+    from streamsentinel import config as objects
     from streamsentinel._core import config
 
     described = docstring_args(streamsentinel.instrument)
@@ -194,9 +197,10 @@ def _options() -> Iterator[tuple[str, str | None, str, str]]:
             continue
         meaning = _md(described.get(name, ""))
         parser = config._PARSERS.get(name)
-        variable: str | None = config.env_name(name)
+        variable: str | None = None
         default = NONE
         if parser is not None:
+            variable = config.env_name(name)
             default = _code(getattr(config.DEFAULTS, name))
             meaning += f" *Accepts* {_md(parser.allowed)}."
         elif name == "breaker":
@@ -205,29 +209,64 @@ def _options() -> Iterator[tuple[str, str | None, str, str]]:
             meaning += (
                 " *Accepts* a `BreakerConfig` or a mapping of its fields."
             )
-        elif variable not in config.OTHER_VARIABLES:
-            variable = None
+        elif name in objects.GROUPS:
+            variable = "one per field"
+            default = f"[below](#{name})"
         yield name, variable, default, meaning
 
 
 def options_table() -> str:
-    """The options that also read a ``STREAMSENTINEL_*`` variable: variable, default, meaning."""
+    """Every parameter of ``instrument()``: its variable (if any), default, meaning."""
     rows = [
-        (f"`{name}`", _long(variable), default, meaning)
+        (
+            f"`{name}`",
+            _long(variable)
+            if variable and variable.isupper()
+            else (variable or NONE),
+            default,
+            meaning,
+        )
         for name, variable, default, meaning in _options()
-        if variable is not None
     ]
-    return _table(("option", "variable", "default", "meaning"), rows)
+    return _table(("parameter", "variable", "default", "meaning"), rows)
 
 
-def code_options_table() -> str:
-    """The options only code can give (objects, callables): meaning."""
-    rows = [
-        (f"`{name}`", meaning)
-        for name, variable, _, meaning in _options()
-        if variable is None
-    ]
-    return _table(("option", "meaning"), rows)
+def _object_table(parameter: str) -> str:
+    """Every field of one option object: the flat keyword still accepted, its variable, default
+    (and ``mode="observe"``'s), and the docstring bullet naming it with what it accepts."""
+    from streamsentinel import config as objects
+    from streamsentinel._core import config
+
+    cls = objects.GROUPS[parameter]
+    bullets = list(_field_docs(inspect.getdoc(cls) or ""))
+    flat = {
+        field: option
+        for option, (group, field) in objects.FLAT.items()
+        if group == parameter
+    }
+    rows = []
+    for name in objects.fields_of(cls):
+        option = flat[name]
+        text = next((b for b in bullets if f"``{name}``" in b), "")
+        text = _md(text.removeprefix(f"``{name}``: "))
+        parser = config._PARSERS.get(option)
+        if parser is not None:
+            variable = _long(config.env_name(option))
+            default = _code(getattr(config.DEFAULTS, option))
+            observe = config.MODE_DEFAULTS["observe"].get(option)
+            if observe is not None and observe != getattr(
+                config.DEFAULTS, option
+            ):
+                default += f" (observe: `{observe}`)"
+            text += f" *Accepts* {_md(parser.allowed)}."
+        elif option == "redis_url":
+            variable, default = _long("STREAMSENTINEL_REDIS_URL"), "none"
+        else:
+            variable, default = NONE, "none"
+        rows.append((_long(name), _long(option), variable, default, text))
+    return _table(
+        ("field", "flat keyword", "variable", "default", "meaning"), rows
+    )
 
 
 def _field_docs(doc: str) -> Iterator[str]:
@@ -404,7 +443,10 @@ def otel_table() -> str:
 
 TABLES: dict[str, Callable[[], str]] = {
     "options": options_table,
-    "code-options": code_options_table,
+    "retry": lambda: _object_table("retry"),
+    "timeouts": lambda: _object_table("timeouts"),
+    "fleet": lambda: _object_table("fleet"),
+    "telemetry": lambda: _object_table("telemetry"),
     "breaker": breaker_table,
     "prometheus": prometheus_table,
     "otel": otel_table,

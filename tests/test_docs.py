@@ -24,6 +24,7 @@ from types import ModuleType
 import pytest
 
 import streamsentinel
+from streamsentinel import config as objects
 from streamsentinel._core import config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -98,16 +99,31 @@ def test_configuration_page_has_every_option_with_its_variable_and_default() -> 
         for name, p in inspect.signature(streamsentinel.instrument).parameters.items()
         if p.kind is inspect.Parameter.KEYWORD_ONLY
     ]
-    assert set(config._PARSERS) <= set(options)
     for name in options:
         assert name in rows, f"option {name} missing from docs/configuration.md"
+    # Every option with a variable is a parameter or the field of an option object, by another road
+    # than the generator's: the objects' own field lists.
+    fields = {
+        option: (parameter, name)
+        for parameter, cls in objects.GROUPS.items()
+        for name, option in cls.OPTIONS.items()
+    }
+    assert set(config._PARSERS) <= set(options) | set(fields), set(config._PARSERS) - set(options)
+    seen: dict[str, int] = {}
+    for parameter, cls in objects.GROUPS.items():
+        assert parameter in options
+        for field in dataclasses.fields(cls):  # type: ignore[arg-type]
+            n = seen[field.name] = seen.get(field.name, 0) + 1
+            row = rows[field.name if n == 1 else f"{field.name}#{n}"]
+            option = cls.OPTIONS.get(field.name, field.name)  # redis_url, redis_client: their own names
+            assert f"`{option}`" in row, row  # the flat keyword
     for name, parser in config._PARSERS.items():
-        row = rows[name]
+        row = rows[name] if name in options else rows[fields[name][1]]
         assert f"`{config.env_name(name)}`" in row, row
         assert f"`{getattr(config.DEFAULTS, name)}`" in row, row
         assert html.escape(parser.allowed).replace("*", "\\*") in row or parser.allowed in row, row
     for field in dataclasses.fields(streamsentinel.BreakerConfig):
-        row = rows[f"{field.name}#2" if field.name in config._PARSERS else field.name]
+        row = rows[f"{field.name}#2" if field.name in options else field.name]
         assert f"`{config.env_name('breaker_' + field.name)}`" in row, row
     # Every variable streamsentinel reads for an option is documented.
     text = rendered("configuration.md").replace("<wbr>", "")
@@ -117,6 +133,8 @@ def test_configuration_page_has_every_option_with_its_variable_and_default() -> 
         config.env_name("breaker_" + f.name) for f in dataclasses.fields(streamsentinel.BreakerConfig)
     }
     assert readers <= documented, readers - documented
+    # Every flat keyword still accepted is named.
+    assert all(f"<code>{flat}</code>" in text for flat in objects.FLAT), objects.FLAT
 
 
 def test_metrics_page_has_every_prometheus_family_with_its_labels() -> None:
@@ -206,7 +224,10 @@ def test_site_builds_strict_with_every_name(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     configuration = (site / "configuration" / "index.html").read_text().replace("<wbr>", "")
-    for name in inspect.signature(streamsentinel.instrument).parameters:
+    for name, parameter in inspect.signature(streamsentinel.instrument).parameters.items():
+        if parameter.kind is inspect.Parameter.KEYWORD_ONLY:
+            assert f"<code>{name}</code>" in configuration, name
+    for name in objects.FLAT:
         assert f"<code>{name}</code>" in configuration, name
     metrics = (site / "metrics" / "index.html").read_text().replace("<wbr>", "")
     for family in gen.prometheus_families():

@@ -242,7 +242,6 @@ def test_fork_while_another_thread_holds_every_lock_of_ours(chaos: ChaosServer, 
         rt.watchdog._lock,
         sinks["PrometheusSink"]._lock,
         sinks["OTelMetricsSink"]._lock,
-        sinks["_CaptureSink"]._lock,
         _prometheus._BY_REGISTRY_LOCK,
         patching._lock,
     ]

@@ -1,8 +1,8 @@
 """Building a runtime from ``instrument()``'s options: settings resolved, sinks chosen.
 
-The default sinks, in order: the OpenTelemetry trace sink (first: its span is current while the
-others start), Prometheus, OpenTelemetry metrics, structlog; then the user's ``sinks``. Adding a
-built-in sink is one line in :func:`default_sinks`.
+The built-in sinks, in order: the OpenTelemetry trace sink (first: its span is current while the
+others start), Prometheus, OpenTelemetry metrics, structlog (``builtin_sinks`` keeps a subset);
+then the user's ``sinks``. Adding a built-in sink is one line in :func:`default_sinks`.
 """
 
 from __future__ import annotations
@@ -16,25 +16,11 @@ from ._core.config import Settings, breaker_config, resolve, warn_unknown_variab
 from ._core.done_marker import POLICIES
 from ._core.lifecycle import Runtime
 from ._log import debug_enabled, log
+from .config import GROUPS
 
 if TYPE_CHECKING:
     from ._resilience.fleet import Fleet
 
-_NOT_SETTINGS = frozenset(
-    {
-        "registry",
-        "tracer_provider",
-        "meter_provider",
-        "sinks",
-        "breaker",
-        "breaker_key",
-        "breaker_fallback",
-        "breaker_store",
-        "done_marker",
-        "redis_url",
-        "redis_client",
-    }
-)
 REDIS_URL_VARIABLE = "STREAMSENTINEL_REDIS_URL"
 
 
@@ -62,13 +48,28 @@ def default_sinks(
     Raises:
         ValueError: a metric name is already registered in ``registry`` (nothing is patched then).
     """
+    sinks: list[Any] = []
+    failed: list[tuple[str, Exception]] = []
+    keep = options.get("builtin_sinks")
+    for stage, build in _builders(options, settings):
+        if keep is not None and stage not in keep:
+            continue
+        try:
+            sinks.append(build())
+        except _INVALID_OPTION.get(stage, ()):
+            raise
+        except Exception as exc:
+            failed.append((stage, exc))
+    return sinks, failed
+
+
+def _builders(options: Mapping[str, Any], settings: Settings) -> list[tuple[str, Callable[[], Any]]]:
     from .instrumentation._otel_metrics import OTelMetricsSink
     from .instrumentation._otel_trace import OTelTraceSink
     from .instrumentation._prometheus import PrometheusSink, prometheus_sink
     from .instrumentation._structlog import StructlogSink
-    from .testing import CAPTURE_SINK
 
-    builders: list[tuple[str, Callable[[], Any]]] = [
+    return [
         (
             OTelTraceSink.name,
             lambda: OTelTraceSink(
@@ -81,33 +82,26 @@ def default_sinks(
         (OTelMetricsSink.name, lambda: OTelMetricsSink(options.get("meter_provider"))),
         (StructlogSink.name, lambda: StructlogSink(debug_enabled)),
     ]
-    sinks: list[Any] = []
-    failed: list[tuple[str, Exception]] = []
-    for stage, build in builders:
-        try:
-            sinks.append(build())
-        except _INVALID_OPTION.get(stage, ()):
-            raise
-        except Exception as exc:
-            failed.append((stage, exc))
-    sinks.append(CAPTURE_SINK)  # streamsentinel.testing.capture()
-    return sinks, failed
 
 
 def build_runtime(options: dict[str, Any]) -> Runtime:
-    """A :class:`Runtime` for ``instrument()``'s non-None ``options``.
+    """A :class:`Runtime` for ``instrument()``'s options (as ``streamsentinel._canonical`` gives them:
+    flat keywords already folded into the option objects).
 
     A built-in sink whose back-end fails at set-up is left out, counted in
     ``openai_stream_instrumentation_errors_total{stage=<its name>}`` and logged once.
 
     Raises:
         TypeError, ValueError: an invalid option, or a metric name taken in the registry.
-        ImportError: ``redis_url``/``redis_client`` given without the ``redis`` extra.
+        ImportError: a ``FleetConfig`` Redis URL given without the ``redis`` extra.
     """
     options = _options.check(options)
     done_marker = options.get("done_marker")
     by_server: dict[str, str] = {}
-    settings_options = {k: v for k, v in options.items() if k not in _NOT_SETTINGS}
+    settings_options: dict[str, Any] = {k: options[k] for k in ("mode", "on_truncation") if k in options}
+    for parameter in GROUPS:
+        if parameter in options:
+            settings_options.update(options[parameter].options())
     if isinstance(done_marker, Mapping):
         by_server = {str(k): str(v) for k, v in done_marker.items() if k != "*"}
         if "*" in done_marker:
@@ -122,7 +116,14 @@ def build_runtime(options: dict[str, Any]) -> Runtime:
     breaker = breaker_config(options.get("breaker"), mode=settings.mode)
     sinks, failed = default_sinks(options, settings)
     sinks.extend(options.get("sinks", ()))
-    fleet = build_fleet(options, settings)
+    fleet_config = options.get("fleet")
+    fleet = build_fleet(
+        {
+            "redis_client": getattr(fleet_config, "redis_client", None),
+            "redis_url": getattr(fleet_config, "redis_url", None),
+        },
+        settings,
+    )
     if fleet is None and settings.rate_limit_pause != "off":
         log.warning(
             "config.needs_fleet",

@@ -3,18 +3,21 @@
 Each check raises ``TypeError``/``ValueError`` with one line naming the option, the value (its type
 for objects, never a URL or a client) and what is allowed. Numeric and choice options are checked
 by ``_core.config.resolve``; this module checks the rest: callables where callables are expected,
-sinks against the :class:`~streamsentinel.instrumentation.Sink` protocol, the registry and
-providers by what streamsentinel will call on them, and ``breaker_key`` templates.
+sinks against the :class:`~streamsentinel.instrumentation.Sink` protocol, ``builtin_sinks`` names,
+the registry and providers by what streamsentinel will call on them, and ``breaker_key`` templates.
 """
 
 from __future__ import annotations
 
 import string
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 TEMPLATE_FIELDS = ("operation", "server", "model")
 """The fields a ``breaker_key`` template may use, e.g. ``"{server}/{model}"``."""
+
+BUILTIN_SINKS = ("otel_trace", "prometheus", "otel_metrics", "structlog")
+"""The built-in sinks' names, in the order they run (``instrument(builtin_sinks=...)`` keeps some)."""
 
 _SINK_METHODS = ("start", "event", "end")
 _PROVIDERS = (
@@ -88,6 +91,17 @@ def check(options: Mapping[str, Any]) -> dict[str, Any]:
         name = _attribute(f"sinks[{i}]", sink, "name")
         if not isinstance(name, str) or not name:
             raise TypeError(f"sinks[{i}]={_shown(sink)}: name must be a non-empty str, got {_shown(name)}")
+    keep = options.get("builtin_sinks")
+    if keep is not None:
+        if isinstance(keep, (str, bytes)) or not isinstance(keep, Collection):
+            raise TypeError(
+                f"builtin_sinks={_shown(keep)}: expected a collection of names such as ('prometheus',)"
+            )
+        unknown = [name for name in keep if name not in BUILTIN_SINKS]
+        if unknown:
+            raise ValueError(
+                f"builtin_sinks: unknown sink {unknown[0]!r}; built-in: {', '.join(BUILTIN_SINKS)}"
+            )
     key = options.get("breaker_key")
     if isinstance(key, str):
         out["breaker_key"] = key_template(key)

@@ -12,8 +12,8 @@ that ends inside the block, so a test can assert what was recorded without Prome
             pass
     assert [(r.outcome, r.reason) for r in records] == [("truncated", "eof_before_done")]
 
-Records are collected while streamsentinel is instrumented (``instrument()`` adds the capturing
-sink to every runtime); a stream dropped without ``close()`` is ended by a background thread:
+Records are collected while streamsentinel is instrumented (``capture()`` attaches a recording
+sink to the runtime for its block only); a stream dropped without ``close()`` is ended by a background thread:
 :func:`settle` waits for it. :func:`instrumented` instruments for a block unless something else
 already did.
 
@@ -26,12 +26,10 @@ it) and ``streamsentinel_records`` (``capture()`` around the test, instrumented)
 from __future__ import annotations
 
 import gc
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from . import _forksafe as forksafe
 from .instrumentation import Event, StreamRecord, StreamStart
 
 __all__ = ["RecordingSink", "capture", "instrumented", "settle"]
@@ -58,49 +56,24 @@ class RecordingSink:
         self.records.append(record)
 
 
-class _CaptureSink:
-    """Forwards records to the open ``capture()`` blocks (none open: one list check per stream)."""
-
-    name = "capture"
-    wants_chunk_gaps = False
-
-    def __init__(self) -> None:
-        self.open: list[list[StreamRecord]] = []
-        self._lock = threading.Lock()
-        forksafe.register(self)
-
-    def _after_fork_in_child(self) -> None:
-        self._lock = threading.Lock()  # the blocks open at the fork stay open in the child
-
-    def start(self, stream: StreamStart) -> None:
-        return None
-
-    def event(self, stream: StreamStart | None, event: Event, handle: Any) -> None:
-        return None
-
-    def end(self, record: StreamRecord, handle: Any) -> None:
-        if self.open:
-            with self._lock:
-                for records in self.open:
-                    records.append(record)
-
-
-CAPTURE_SINK = _CaptureSink()
-"""The capturing sink every ``instrument()`` adds (private)."""
-
-
 @contextmanager
 def capture() -> Iterator[list[StreamRecord]]:
-    """Collect the records of the streams that end inside the block (in the order they end)."""
-    records: list[StreamRecord] = []
-    with CAPTURE_SINK._lock:
-        CAPTURE_SINK.open.append(records)
+    """Collect the records of the streams that end inside the block (in the order they end),
+    streams opened before the block and under an ``instrument()`` made inside it included.
+
+    A :class:`RecordingSink` is attached to the active runtime (and to any runtime built during the
+    block) for the block only: runtimes carry no testing sink otherwise."""
+    import streamsentinel
+
+    sink = RecordingSink()
+    streamsentinel._attach(sink)
     try:
-        yield records
+        yield sink.records
     finally:
-        settle()
-        with CAPTURE_SINK._lock:
-            CAPTURE_SINK.open.remove(records)
+        try:
+            settle()
+        finally:
+            streamsentinel._detach(sink)
 
 
 @contextmanager
@@ -121,7 +94,7 @@ def instrumented(**options: Any) -> Iterator[bool]:
 
     active = streamsentinel._active
     if active is not None:
-        given = {k: v for k, v in options.items() if v is not None and v != ()}  # as instrument()
+        given = streamsentinel._canonical(options)  # as instrument() compares them
         if given and not streamsentinel._same(active[0], given):
             raise RuntimeError(
                 f"streamsentinel is already instrumented with {active[0]!r}, not {options!r}: "

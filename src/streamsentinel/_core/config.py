@@ -1,7 +1,12 @@
-"""Settings for :func:`streamsentinel.instrument`, from keyword options and ``STREAMSENTINEL_*`` variables.
+"""Settings for :func:`streamsentinel.instrument`, from explicit options and ``STREAMSENTINEL_*`` variables.
 
-Precedence: an explicit keyword option, then the environment variable, then the default. An
-invalid environment value never breaks the host: it is logged once and the default is used.
+The options are named flat here (``retry_attempts``): the fields of the public option objects
+(``streamsentinel.config``, ``RetryConfig(attempts=...)``) and the flat keywords still accepted map
+onto these names; their domains are defined once, in ``streamsentinel._domains``.
+
+Precedence: an explicit option, then the environment variable, then what ``mode`` sets, then the
+default. An invalid environment value never breaks the host: it is logged once and the default is
+used.
 
 | option | variable | values | default |
 |---|---|---|---|
@@ -46,10 +51,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
+from .._domains import MODE_DEFAULTS, PARSERS, explicit, parse_bool
 from .._log import log
 from .._resilience.breaker_config import DEFAULT_CONFIG as DEFAULT_BREAKER
 from .._resilience.breaker_config import DEFAULT_MODE as DEFAULT_BREAKER_MODE
@@ -62,7 +68,8 @@ OnTruncation = Literal["raise", "record"]
 RateLimitPause = Literal["off", "wait", "reject"]
 ChunkEvents = Literal["anomalies", "all", "none"]
 
-_T = TypeVar("_T")
+__all__ = ["MODE_DEFAULTS", "Settings", "breaker_config", "parse_bool", "resolve"]
+
 _log = log
 
 
@@ -96,96 +103,8 @@ class Settings:
     mode: Mode = "protect"  # last: positional construction keeps its meaning
 
 
-def parse_bool(raw: str) -> bool:
-    """``1/true/yes/on`` -> True, ``0/false/no/off/""`` -> False (any case). Raises ValueError."""
-    value = raw.strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off", ""):
-        return False
-    raise ValueError(raw)
-
-
-class _Parser:
-    """Parses one option's text; ``allowed`` says what is accepted, for messages."""
-
-    __slots__ = ("allowed", "parse")
-
-    def __init__(self, parse: Callable[[str], Any], allowed: str) -> None:
-        self.parse = parse
-        self.allowed = allowed
-
-
-def _choice(*allowed: str) -> _Parser:
-    def parse(raw: str) -> str:
-        value = raw.strip().lower()
-        if value not in allowed:
-            raise ValueError(raw)
-        return value
-
-    return _Parser(parse, "one of " + ", ".join(allowed))
-
-
-def _bounded(
-    kind: Callable[[str], _T], low: float, high: float = float("inf"), *, open_low: bool = False
-) -> _Parser:
-    def parse(raw: str) -> _T:
-        value = kind(raw)
-        number = float(value)  # type: ignore[arg-type]
-        if number != number or number < low or number > high or (open_low and number == low):
-            raise ValueError(raw)
-        return value
-
-    name = "an integer" if kind is int else "a number"
-    bounds = f"> {low:g}" if open_low else f">= {low:g}"
-    if high != float("inf"):
-        bounds += f" and <= {high:g}"
-    return _Parser(parse, f"{name} {bounds}")
-
-
-def _prefix(raw: str) -> str:
-    if not 1 <= len(raw) <= 100 or not raw.isprintable() or " " in raw:
-        raise ValueError(raw)
-    return raw
-
-
-def _positive(kind: Callable[[str], _T]) -> _Parser:
-    return _bounded(kind, 0.0, open_low=True)
-
-
-_PARSERS: dict[str, _Parser] = {
-    "mode": _choice("observe", "protect"),
-    "on_truncation": _choice("raise", "record"),
-    "capture_content": _Parser(parse_bool, "true or false (1/0, yes/no, on/off)"),
-    "chunk_events": _choice("anomalies", "all", "none"),
-    "gap_anomaly_seconds": _positive(float),
-    "max_model_labels": _positive(int),
-    "max_label_sets": _positive(int),
-    "retry_attempts": _bounded(int, 1),
-    "retry_base_delay": _bounded(float, 0.0),
-    "retry_max_delay": _bounded(float, 0.0),
-    "retry_time_budget": _bounded(float, 0.0),
-    "retry_budget_ratio": _bounded(float, 0.0, 1.0),
-    "retry_budget_window": _positive(float),
-    "retry_budget_min_retries": _bounded(int, 0),
-    "first_token_timeout": _bounded(float, 0.0),
-    "stall_timeout": _bounded(float, 0.0),
-    "resume": _choice("off", "replay", "responses"),
-    "done_marker": _choice("auto", "strict", "lenient"),
-    "redis_prefix": _Parser(_prefix, "1 to 100 printable characters without spaces"),
-    "rate_limit_pause": _choice("off", "wait", "reject"),
-    "fleet_min_processes": _bounded(int, 1),
-    "fleet_refresh_interval": _positive(float),
-    "redis_timeout": _positive(float),
-    "quota_pause_seconds": _positive(float),
-}
-
-MODE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "observe": {"on_truncation": "record", "retry_attempts": 1, "resume": "off", "rate_limit_pause": "off"},
-    "protect": {},
-}
-"""What each ``mode`` sets, under explicit options and their variables (the breaker's ``shadow``
-is applied by :func:`breaker_config`)."""
+# One definition of each domain, shared with the option objects (streamsentinel.config).
+_PARSERS = PARSERS
 
 # STREAMSENTINEL_* variables read elsewhere (not options of instrument()).
 OTHER_VARIABLES = frozenset(
@@ -305,18 +224,7 @@ def resolve(options: Mapping[str, Any], environ: Mapping[str, str] | None = None
     from_env: set[str] = set()
     for option, parser in _PARSERS.items():  # "mode" first: it sets the others' defaults
         if option in options and options[option] is not None:
-            raw = options[option]
-            if isinstance(raw, bool) and option == "capture_content":
-                values[option] = raw
-                continue
-            try:
-                if isinstance(raw, bool):
-                    raise ValueError(raw)
-                values[option] = parser.parse(str(raw))
-            except ValueError:
-                raise ValueError(
-                    f"streamsentinel option {option}={raw!r}: expected {parser.allowed}"
-                ) from None
+            values[option] = explicit(option, options[option])
         else:
             var = env_name(option)
             if var in environ:

@@ -110,6 +110,7 @@ class Emitter:
     def __init__(self, sinks: Sequence[Any], errors: InternalErrors) -> None:
         self.sinks = tuple(sinks)
         self.errors = errors
+        self._attached: tuple[Any, ...] = ()  # attach(): records only, replaced whole (no lock to read)
         found = _Lookups()
         self.stages = tuple(found.stage(sink) for sink in self.sinks)
 
@@ -202,6 +203,21 @@ class Emitter:
                 method(record, handles[i])
             except Exception as exc:
                 self.errors(stage, exc)
+        for sink in self._attached:
+            try:
+                sink.end(record, None)
+            except Exception as exc:
+                self.errors("attached", exc)
+
+    def attach(self, sink: Any) -> None:
+        """From now on, call ``sink.end(record, None)`` for every stream that ends (started before
+        or after), until :meth:`detach`; the sink gets no ``start`` nor events. For a block's
+        observer (``streamsentinel.testing.capture()``), not for production sinks."""
+        self._attached = (*self._attached, sink)
+
+    def detach(self, sink: Any) -> None:
+        """Undo :meth:`attach` (no-op for a sink not attached)."""
+        self._attached = tuple(s for s in self._attached if s is not sink)
 
     def discard(self, stream: StreamStart, handles: tuple[Any, ...]) -> None:
         for i, method, stage in self._discards:
