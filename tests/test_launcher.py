@@ -259,7 +259,7 @@ print(streamsentinel.is_instrumented(), sys.modules["sitecustomize"].instrument_
         "import openai, streamsentinel",
         "import streamsentinel; import openai",
         "from streamsentinel import instrument; import openai",
-        "import streamsentinel.testing",
+        "import streamsentinel.testing; import openai",
         "import openai; import importlib; importlib.reload(openai)",
     ],
 )
