@@ -33,8 +33,16 @@ CHAT_ITEMS = 8
 
 @dataclass
 class Seen:
-    items: list[dict[str, Any]]  # each chunk's model_dump()
+    items: list[dict[str, Any]]  # each chunk's model_dump(), without its clock (``_timeless``)
     exc: BaseException | None
+
+
+def _timeless(item: Any) -> dict[str, Any]:
+    """A chunk's fields but ``created`` (the server's clock in whole seconds: two runs compared
+    item by item may straddle a second on a slow machine)."""
+    dumped: dict[str, Any] = item.model_dump()
+    dumped.pop("created", None)
+    return dumped
 
 
 def run_sync(server: ChaosServer) -> Seen:
@@ -45,7 +53,7 @@ def run_sync(server: ChaosServer) -> Seen:
     ):
         try:
             with client.chat.completions.create(**chat_kwargs()) as stream:
-                items.extend(item.model_dump() for item in stream)
+                items.extend(_timeless(item) for item in stream)
         except openai.APIError as exc:
             return Seen(items, exc)
     return Seen(items, None)
@@ -60,7 +68,7 @@ async def run_async(server: ChaosServer) -> Seen:
         try:
             async with await client.chat.completions.create(**chat_kwargs()) as stream:
                 async for item in stream:
-                    items.append(item.model_dump())
+                    items.append(_timeless(item))
         except openai.APIError as exc:
             return Seen(items, exc)
     return Seen(items, None)
