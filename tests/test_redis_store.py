@@ -508,3 +508,37 @@ def test_a_forked_worker_does_not_flush_the_parents_counts(redis_server: RedisSe
         [sys.executable, "-c", FORKED_COUNTS, redis_server.url], timeout=180, check=False, capture_output=True
     )
     assert done.returncode == 0, done.stderr.decode()[-2000:]
+
+
+def test_a_first_read_done_before_its_callback_is_added_does_not_deadlock(
+    redis_server: RedisServer, prefix: str
+) -> None:
+    """Found under ``make test-loaded``: a breaker's first read that completed before its done-callback
+    was added ran that callback at once, under the lock the callback takes (the process's first call
+    through the breaker hung for good). The store thread is made to finish first here."""
+    import threading
+    from concurrent.futures import Future
+
+    fleet = fleet_for(redis_server.url, prefix)
+    submit = fleet._calls.submit
+
+    def done_at_once(fn: Any, *args: Any) -> Future[Any]:
+        future = submit(fn, *args)
+        future.result(30)
+        return future
+
+    fleet._calls.submit = done_at_once  # type: ignore[method-assign]
+    finished = threading.Event()
+
+    def first_call() -> None:
+        fleet.read_first(NAME)
+        finished.set()
+
+    try:
+        thread = threading.Thread(target=first_call, daemon=True)
+        thread.start()
+        assert finished.wait(60), "the first read of a breaker hung"
+        assert NAME in fleet.views
+        assert fleet._reading == {}  # the read's entry was removed by its callback
+    finally:
+        fleet.close()

@@ -427,10 +427,12 @@ class Fleet:
     def _first_read(self, name: str) -> Future[Any]:
         with self._reading_lock:
             future = self._reading.get(name)
-            if future is None:
-                future = self._calls.submit(self._read_one, name)
-                self._reading[name] = future
-                future.add_done_callback(lambda done: self._read_done(name, done))
+            if future is not None:
+                return future
+            future = self._calls.submit(self._read_one, name)
+            self._reading[name] = future
+        # Outside the lock: a future already done runs the callback here, and it takes the lock.
+        future.add_done_callback(lambda done: self._read_done(name, done))
         return future
 
     def _read_one(self, name: str) -> None:
