@@ -1,6 +1,6 @@
 """Fleet mode in one process: the Lua scripts' logic (fakeredis, which runs Lua through lupa), then
 the store, the budget, pauses and Redis failures against a real ``redis-server``. Concurrency and
-atomicity across processes: tests/test_fleet.py (never fakeredis)."""
+atomicity across processes: tests/fleet/test_fleet.py (never fakeredis)."""
 
 from __future__ import annotations
 

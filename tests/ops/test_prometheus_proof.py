@@ -210,7 +210,7 @@ def processes(tmp_path: Path) -> Iterator[tuple[Prom, dict[str, int], list[Demo]
     ports = {"faults": _free_port(), "outage": _free_port(), "clean": _free_port()}
     prom_port = _free_port()
     # Test copy of the rules with every `for:` set to 0s. The real `for` durations are proven by
-    # promtool's unit tests (dashboards/alerts.test.yml, tests/test_alert_rules.py); here we prove
+    # promtool's unit tests (dashboards/alerts.test.yml, tests/ops/test_alert_rules.py); here we prove
     # that the expressions fire on real data from a real scrape.
     rules = re.sub(r"(?m)^(\s*for:\s*)\S+\s*$", r"\g<1>0s", ALERTS.read_text(encoding="utf-8"))
     assert rules.count("for: 0s") == ALERTS.read_text(encoding="utf-8").count("for:")

@@ -1,6 +1,6 @@
 """The SDK's own retries (``max_retries``) inside one streaming ``create()``: each retry is counted with
 its reason, every 429 with its kind, and the logical request is still counted once. Non-streaming
-calls are not stream requests (their 429s and retries: tests/test_raw_and_nonstream.py). Real
+calls are not stream requests (their 429s and retries: tests/sdk/test_raw_and_nonstream.py). Real
 loopback HTTP; the chaos server's scripted plan decides each HTTP attempt in arrival order, and its
 ``retry-after-ms`` keeps the SDK's waits at 1 ms."""
 

@@ -621,7 +621,7 @@ async def test_malformed_sinks_never_disable_the_others(
 ) -> None:
     """Issue 15, defect 8: sinks lacking a name or methods, or raising everywhere, leave every other
     sink observing every stream; the guard itself never raises. (``instrument()`` refuses such
-    sinks up front, tests/test_adoption.py; the guard must hold without that check too: it is
+    sinks up front, tests/kit/test_adoption.py; the guard must hold without that check too: it is
     switched off here.)"""
     monkeypatch.setattr(streamsentinel._options, "check", dict)
     before, after = streamsentinel.testing.RecordingSink(), streamsentinel.testing.RecordingSink()
