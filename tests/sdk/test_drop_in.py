@@ -13,10 +13,12 @@ import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from unittest import mock
 
 import openai
 import pytest
 import structlog
+from openai._base_client import AsyncAPIClient, SyncAPIClient
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 import streamsentinel
@@ -24,6 +26,7 @@ from streamsentinel import StreamTruncatedError
 from streamsentinel._core import config
 from streamsentinel.chaos import ChaosServer
 
+from ..scripted import MODES, async_client, instrumentation_errors, sync_client
 from ..support import TIMEOUT, Telemetry, breaker, chat_kwargs, reinstrument
 
 CUT = {"x-chaos-fault": "eof_chunked", "x-chaos-after": "3"}
@@ -275,3 +278,31 @@ def test_unknown_variables_are_warned_once_with_the_closest_name(monkeypatch: py
     assert [(e["event"], e["variable"], e["did_you_mean"]) for e in logs] == [
         ("config.unknown_variable", "STREAMSENTINEL_RETRY_ATEMPTS", "STREAMSENTINEL_RETRY_ATTEMPTS")
     ]
+
+
+# -- "sixteen defects" issue, defect 15: objects that only look like streams ---------------------------------
+
+
+@pytest.mark.usefixtures("uninstrument_after")
+@pytest.mark.parametrize("mode", MODES)
+async def test_defect_15_stream_lookalike_passes_through_quietly(mode: str, chaos: ChaosServer) -> None:
+    """A MagicMock(spec=Stream) from create(): passed as is; no internal error, error log or bare span."""
+    telemetry = reinstrument()
+    with structlog.testing.capture_logs() as logs:
+        if mode == "sync":
+            fake: Any = mock.MagicMock(spec=openai.Stream)
+            with (
+                mock.patch.object(SyncAPIClient, "post", return_value=fake),
+                sync_client(chaos.base_url) as c,
+            ):
+                result = c.chat.completions.create(**chat_kwargs())
+        else:
+            fake = mock.MagicMock(spec=openai.AsyncStream)
+            with mock.patch.object(AsyncAPIClient, "post", new=mock.AsyncMock(return_value=fake)):
+                async with async_client(chaos.base_url) as ac:
+                    result = await ac.chat.completions.create(**chat_kwargs())
+    assert result is fake
+    assert instrumentation_errors(telemetry) == 0
+    assert [e for e in logs if e.get("log_level") in ("error", "critical", "exception")] == []
+    for span in telemetry.spans():
+        assert span.attributes is not None and "streamsentinel.outcome" in span.attributes, span.name

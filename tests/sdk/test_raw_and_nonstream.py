@@ -15,6 +15,7 @@ from openai.types.chat import ChatCompletion
 from streamsentinel import StreamTruncatedError
 from streamsentinel.chaos import ChaosServer, Fault, FaultPlan, FaultSpec
 
+from ..scripted import MODES, async_client, sync_client
 from ..support import MODEL, Telemetry, chat_kwargs, chat_text, http_library, sdk_client, settle
 
 CHAT_ITEMS = 8  # role chunk, 5 content chunks, finish chunk, usage chunk
@@ -243,3 +244,31 @@ async def test_a_non_streaming_429_body_is_not_read_twice(
         s for f in telemetry.registry.collect() for s in f.samples if s.name == "openai_stream_in_flight"
     ]
     assert in_flight == []
+
+
+# -- "sixteen defects" issue, defect 16: a raw body read to its end is completed -----------------------------
+
+
+@pytest.mark.usefixtures("uninstrument_after")
+@pytest.mark.parametrize("mode", MODES)
+async def test_defect_16_raw_http_response_read_to_the_end_is_completed(
+    mode: str, chaos: ChaosServer, telemetry: Telemetry
+) -> None:
+    """with_streaming_response + http_response.iter_bytes() read to the end: outcome completed."""
+    received = b""
+    if mode == "sync":
+        with (
+            sync_client(chaos.base_url) as c,
+            c.chat.completions.with_streaming_response.create(**chat_kwargs()) as response,
+        ):
+            for data in response.http_response.iter_bytes():
+                received += data
+    else:
+        async with (
+            async_client(chaos.base_url) as ac,
+            ac.chat.completions.with_streaming_response.create(**chat_kwargs()) as aresponse,
+        ):
+            async for data in aresponse.http_response.aiter_bytes():
+                received += data
+    assert received.rstrip().endswith(b"data: [DONE]")
+    assert telemetry.by("openai_stream_requests_total", "outcome") == {"completed": 1}

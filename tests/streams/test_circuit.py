@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import math
+import sys
 import threading
 import time
+import traceback
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -784,3 +787,49 @@ async def test_a_rejected_async_call_leaves_no_span_current(
     assert chaos.arrivals == 0
     [span] = telemetry.exporter.get_finished_spans()
     assert span.attributes is not None and span.attributes["streamsentinel.outcome"] == "rejected"
+
+
+# -- "sixteen defects" issue, defect 10: a finalizer never takes a lock the user path can hold ---------------
+
+
+def test_defect_10_stream_finalized_under_the_breaker_lock_does_not_deadlock(
+    chaos: ChaosServer, client: openai.OpenAI
+) -> None:
+    """An open stream dropped (finalized) while its breaker trips, inside the breaker, must not deadlock."""
+    held: list[Any] = []
+    hook_ran: list[bool] = []
+
+    class DropStreamOnOpen(BreakerConfig):
+        # Called by the breaker when it opens; drops the last reference to an un-closed stream
+        # guarded by the same breaker, so its finalizer runs right here.
+        def open_wait(self, attempts: int) -> float:
+            if held:
+                held.clear()
+                gc.collect()
+                hook_ran.append(True)
+            return super().open_wait(attempts)
+
+    config = DropStreamOnOpen(
+        minimum_number_of_calls=1, sliding_window_size=1, timeout_streak_min_seconds=0.0
+    )
+    telemetry = reinstrument(breaker=config)
+    held.append(client.chat.completions.create(**chat_kwargs()))
+    next(held[0])  # the stream is open, its answer unfinished
+    raised: list[BaseException] = []
+
+    def failing_call() -> None:
+        try:
+            client.chat.completions.create(**chat_kwargs(extra_headers={"x-chaos-fault": "server_error"}))
+        except Exception as exc:
+            raised.append(exc)
+
+    worker = threading.Thread(target=failing_call, name="defect-10-failing-call", daemon=True)
+    worker.start()
+    worker.join(timeout=30)
+    if worker.is_alive():
+        frames = sys._current_frames()
+        stack = "".join(traceback.format_stack(frames[worker.ident])) if worker.ident in frames else ""
+        pytest.fail(f"deadlock: the stream's finalizer waits for the breaker's lock\n{stack}")
+    assert hook_ran, "the breaker never opened: the scenario was not exercised"
+    assert len(raised) == 1 and isinstance(raised[0], openai.InternalServerError), raised
+    assert telemetry.value("openai_stream_requests_total", outcome="failed") == 1

@@ -14,7 +14,9 @@ from opentelemetry.trace import StatusCode
 from streamsentinel import StreamTruncatedError
 from streamsentinel.chaos import ChaosServer
 
-from ..support import STALL_TIMEOUT, Telemetry, chat_kwargs, responses_kwargs
+from ..defect_servers import Gate, ScriptedServer, chat_chunk, sse
+from ..scripted import HELLO, MODES, ROLE, run
+from ..support import STALL_TIMEOUT, Telemetry, chat_kwargs, reinstrument, responses_kwargs
 
 AFTER = 3
 CHAT_ITEMS = 8  # role chunk, 5 content chunks, finish chunk, usage chunk
@@ -192,3 +194,21 @@ async def test_fault_async(
         aclient = aclient.with_options(timeout=STALL_TIMEOUT)
     seen = await consume_async(aclient, api, fault)
     check(seen, fault, telemetry, chaos, api)
+
+
+# -- "sixteen defects" issue, defect 7: non-string content does not stop StreamTruncatedError ----------------
+
+
+@pytest.mark.usefixtures("uninstrument_after")
+@pytest.mark.parametrize("content", [{"text": "Hello"}, 42], ids=["object", "number"])
+@pytest.mark.parametrize("mode", MODES)
+async def test_defect_07_non_string_content_still_raises_truncation(mode: str, content: Any) -> None:
+    """An eof-before-[DONE] body whose chunks carry non-string content raises StreamTruncatedError."""
+    telemetry = reinstrument()
+    body: list[bytes | Gate] = [ROLE, sse(chat_chunk({"content": content})), HELLO]
+    with ScriptedServer(body) as server:
+        result = await run(mode, server.base_url, "chat")
+    assert len(result.items) == 3
+    assert isinstance(result.exc, StreamTruncatedError), repr(result.exc)
+    assert result.exc.reason == "eof_before_done"
+    assert telemetry.by("openai_stream_requests_total", "outcome") == {"truncated": 1}

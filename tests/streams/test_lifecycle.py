@@ -6,8 +6,12 @@ the tracing context."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import logging
+import sys
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +21,9 @@ import pytest
 from openai.resources.chat.completions.completions import AsyncCompletions, Completions
 from openai.types.chat import ChatCompletionChunk
 from opentelemetry import trace
-from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from prometheus_client import CollectorRegistry, Counter
 
 import streamsentinel
 from streamsentinel import StreamTruncatedError
@@ -27,6 +33,7 @@ from streamsentinel.instrumentation import ResumeEvent, RetryEvent
 from streamsentinel.testing import RecordingSink, capture
 
 from ..defect_servers import DONE, Gate, ScriptedServer, chat_chunk, sse
+from ..scripted import HELLO, RETRYING, STOP, Exported, async_client, run_sync, sync_client
 from ..support import (
     MODEL,
     OBSERVE_ONLY,
@@ -35,6 +42,7 @@ from ..support import (
     chat_kwargs,
     chat_text,
     make_telemetry,
+    reinstrument,
     responses_kwargs,
     settle,
     wait_blocked_in_read,
@@ -1065,3 +1073,169 @@ async def test_a_read_broken_by_close_is_not_retried(mode: str) -> None:
         assert [item.choices[0].delta.role for item in items] == ["assistant"]
     finally:
         streamsentinel.uninstrument()
+
+
+# -- "sixteen defects" issue, defect 1: a cancellation / KeyboardInterrupt propagates at once ----------------
+
+
+class _InterruptingStream(httpx2.SyncByteStream):
+    """The body as received, until the first complete SSE event; the next read is interrupted
+    (KeyboardInterrupt: Ctrl-C while the client waits in a blocking read)."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def __iter__(self) -> Iterator[bytes]:
+        seen = b""
+        for data in self._inner:
+            yield data
+            seen += data
+            if b"\n\n" in seen:
+                raise KeyboardInterrupt
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+class _InterruptingTransport(httpx2.HTTPTransport):
+    def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+        response = super().handle_request(request)
+        response.stream = _InterruptingStream(response.stream)
+        return response
+
+
+def _interrupted_reads(base_url: str) -> list[str]:
+    """What three reads of a chat stream give when the read after the role chunk is interrupted."""
+    outcomes: list[str] = []
+    http_client = httpx2.Client(transport=_InterruptingTransport(), timeout=TIMEOUT)
+    with sync_client(base_url, http_client=http_client) as client:
+        stream = client.chat.completions.create(**chat_kwargs())
+        for _ in range(3):
+            try:
+                next(stream)
+            except (KeyboardInterrupt, StopIteration) as exc:
+                outcomes.append(type(exc).__name__)
+                if isinstance(exc, StopIteration):
+                    break
+            else:
+                outcomes.append("item")
+        with contextlib.suppress(Exception):
+            stream.close()
+    return outcomes
+
+
+@pytest.mark.usefixtures("uninstrument_after")
+def test_defect_01_keyboard_interrupt_propagates_at_once_sync() -> None:
+    """A KeyboardInterrupt in the read after the held role chunk is raised by that read, as without us."""
+    gate = Gate()
+    with ScriptedServer([ROLE, gate, HELLO, STOP, DONE]) as server:
+        streamsentinel.uninstrument()
+        plain = _interrupted_reads(server.base_url)
+        assert plain == ["item", "KeyboardInterrupt", "StopIteration"]
+        reinstrument(**RETRYING)
+        observed = _interrupted_reads(server.base_url)
+    # The role chunk is held (no output yet): the interrupted read is the first one; it must raise
+    # there, not hand out the held chunk and raise a stale KeyboardInterrupt on the next read.
+    assert observed == plain[1:]
+
+
+async def _timed_out_reads(base_url: str, gate: Gate) -> list[str]:
+    """Reads of a chat stream whose server stalls after the role chunk: the first read waits for
+    the role chunk to be written, the others are ``wait_for(anext(stream), 1.0)``."""
+    outcomes: list[str] = []
+    async with async_client(base_url) as client:
+        stream = await client.chat.completions.create(**chat_kwargs())
+        await asyncio.to_thread(gate.wait_reached)  # the role chunk is on the wire
+        for _ in range(3):
+            try:
+                await asyncio.wait_for(anext(stream), 1.0)
+            except (asyncio.TimeoutError, asyncio.CancelledError, StopAsyncIteration) as exc:
+                outcomes.append(type(exc).__name__)
+                if isinstance(exc, StopAsyncIteration):
+                    break
+            else:
+                outcomes.append("item")
+        with contextlib.suppress(Exception):
+            await stream.close()
+    return outcomes
+
+
+@pytest.mark.usefixtures("uninstrument_after")
+async def test_defect_01_cancellation_propagates_at_once_async() -> None:
+    """wait_for(anext(stream)) on a stalled stream raises TimeoutError; no stale CancelledError follows."""
+    gate = Gate()
+    with ScriptedServer([ROLE, gate, HELLO, STOP, DONE]) as server:
+        streamsentinel.uninstrument()
+        plain = await _timed_out_reads(server.base_url, gate)
+        assert plain == ["item", "TimeoutError", "StopAsyncIteration"]
+        reinstrument(**RETRYING)
+        observed = await _timed_out_reads(server.base_url, gate)
+    # The role chunk is held: the first read is the one that times out; then the stream is over, as
+    # the SDK's is after a cancelled read (never a CancelledError in a task nobody cancelled).
+    assert observed == plain[1:]
+
+
+# -- "sixteen defects" issue, defect 9: instrument() is atomic -----------------------------------------------
+
+
+@pytest.mark.usefixtures("uninstrument_after")
+def test_defect_09_failed_instrument_leaves_the_registry_usable(chaos: ChaosServer) -> None:
+    """A registry collision raises, and once the collider is gone instrument(registry=r) works and counts."""
+    streamsentinel.uninstrument()
+    registry = CollectorRegistry()
+    collider = Counter("openai_stream_retries", "Someone else's counter.", registry=registry)
+    with pytest.raises(ValueError):
+        streamsentinel.instrument(registry=registry, tracer_provider=TracerProvider(), **OBSERVE_ONLY)
+    streamsentinel.uninstrument()
+    registry.unregister(collider)
+
+    streamsentinel.instrument(registry=registry, tracer_provider=TracerProvider(), **OBSERVE_ONLY)
+    telemetry = Exported(registry, InMemorySpanExporter())
+    result = run_sync(chaos.base_url, "chat")
+    assert result.exc is None, repr(result.exc)
+    assert telemetry.by("openai_stream_requests_total", "outcome") == {"completed": 1}
+
+
+# -- "sixteen defects" issue, defect 11: no asyncio noise from abandoned async streams -----------------------
+
+
+async def _abandon_streams(base_url: str, count: int, reported: list[str]) -> None:
+    loop = asyncio.get_running_loop()
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        reported.append(f"{context.get('message')}: {context.get('exception')!r}")
+
+    # Kept for the loop's whole life: asyncio.run() closes leftover async generators at its end.
+    loop.set_exception_handler(handler)
+    client = async_client(base_url)
+    streams: list[Any] = []
+    for _ in range(count):
+        stream = await client.chat.completions.create(**chat_kwargs())
+        await anext(stream)
+        streams.append(stream)
+    del stream
+    streams.clear()  # dropped without close()
+    gc.collect()
+    for _ in range(20):
+        await asyncio.sleep(0)
+    await client.close()
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+@pytest.mark.usefixtures("uninstrument_after")
+def test_defect_11_abandoned_async_streams_make_no_loop_noise(
+    chaos: ChaosServer, telemetry: Telemetry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """200 async streams read once and dropped unclosed: no loop exception-handler call, no unraisable."""
+    reported: list[str] = []
+    unraisable: list[str] = []
+
+    def hook(unraisable_info: Any) -> None:
+        unraisable.append(repr(unraisable_info.exc_value))
+
+    monkeypatch.setattr(sys, "unraisablehook", hook)
+    asyncio.run(_abandon_streams(chaos.base_url, 200, reported))
+    gc.collect()
+    assert reported == [], f"{len(reported)} loop errors, first: {reported[0]}"
+    assert unraisable == [], f"{len(unraisable)} unraisable, first: {unraisable[0]}"

@@ -28,6 +28,8 @@ from streamsentinel import StreamTimeoutError, StreamTruncatedError
 from streamsentinel._sdk import proxy
 from streamsentinel.chaos import ChaosServer, Fault, FaultPlan, FaultSpec
 
+from ..defect_servers import DONE, Gate, ScriptedServer, chat_chunk, responses_event, sse
+from ..scripted import COMPLETED, CREATED, IN_PROGRESS, ROLE, STOP, receive_while_gated
 from ..support import TIMEOUT, Telemetry, chat_kwargs, chat_text, reinstrument, responses_kwargs
 
 MODES = ["sync", "async"]
@@ -830,3 +832,36 @@ async def test_an_interrupted_backoff_ends_the_request_with_it(
     assert recorded == ["abandoned"]
     assert server.arrivals == 1  # no retry was made
     assert telemetry.value("openai_stream_in_flight") == 0
+
+
+# -- "sixteen defects" issue, defect 2: items not known to carry no output are not held ----------------------
+
+AUDIO = sse(chat_chunk({"audio": {"id": "audio_1", "data": "UklGRg==", "expires_at": 1700000000}}))
+PARTIAL_IMAGE = responses_event(
+    {
+        "type": "response.image_generation_call.partial_image",
+        "item_id": "ig_1",
+        "output_index": 0,
+        "partial_image_b64": "iVBORw0KGgo=",
+        "partial_image_index": 0,
+        "sequence_number": 2,
+    }
+)
+
+
+@pytest.mark.usefixtures("uninstrument_after")
+@pytest.mark.parametrize("api", APIS)
+@pytest.mark.parametrize("mode", MODES)
+async def test_defect_02_unknown_output_is_delivered_at_once(mode: str, api: str) -> None:
+    """An item not known to be output-free (delta.audio, partial_image) reaches the consumer at once."""
+    gate = Gate()
+    if api == "chat":
+        parts: list[bytes | Gate] = [ROLE, AUDIO, gate, STOP, DONE]
+        expected = 2
+    else:
+        parts = [CREATED, IN_PROGRESS, PARTIAL_IMAGE, gate, COMPLETED]
+        expected = 3
+    reinstrument(**RETRYING)
+    with ScriptedServer(parts) as server:
+        got = await receive_while_gated(mode, server, gate, api, expected)
+    assert len(got) == expected, f"only {len(got)} of {expected} items reached the consumer before the rest"

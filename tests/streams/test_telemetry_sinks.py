@@ -8,7 +8,7 @@ import itertools
 import json
 import logging
 import re
-from collections.abc import Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from typing import Any
 
 import openai
@@ -17,19 +17,35 @@ import structlog
 from openai.types.chat import ChatCompletionChunk
 from opentelemetry import metrics as otel_metrics
 from opentelemetry import trace as otel_trace
+from opentelemetry.context import Context
 from opentelemetry.sdk.metrics import MeterProvider as SdkMeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader, NumberDataPoint
-from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace import Span as SdkSpan
 from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.trace import NoOpTracer, NoOpTracerProvider, Span, SpanKind, StatusCode, Tracer
+from opentelemetry.trace import TracerProvider as ApiTracerProvider
 from prometheus_client import CollectorRegistry
 
 import streamsentinel.testing
 from streamsentinel import StreamTruncatedError
-from streamsentinel.chaos import ChaosServer
+from streamsentinel.chaos import ChaosServer, Fault, FaultPlan, FaultSpec
 
+from ..defect_servers import DONE, Gate, ScriptedServer, chat_chunk, sse
+from ..scripted import (
+    APIS,
+    HELLO,
+    ITEMS,
+    MODES,
+    RETRYING,
+    ROLE,
+    instrument_with,
+    instrumentation_errors,
+    request,
+    run,
+)
 from ..support import (
     MODEL,
     OBSERVE_ONLY,
@@ -759,3 +775,163 @@ async def test_failing_registry_disables_only_the_prometheus_sink(chaos: ChaosSe
     assert errors_logged(logs) == ["prometheus"]
     streamsentinel.uninstrument()
     meters.shutdown()
+
+
+# -- "sixteen defects" issue, defect 3: no secrets or prompts in internal-error logs -------------------------
+def raising_processor(levels: frozenset[str] | None = None) -> Callable[..., Any]:
+    """A structlog processor that raises for events of ``levels`` (None: every event) and drops
+    the others."""
+
+    def processor(logger: Any, method_name: str, event_dict: MutableMapping[str, Any]) -> Any:
+        if levels is None or method_name in levels:
+            raise RuntimeError("log sink down")
+        raise structlog.DropEvent
+
+    return processor
+
+
+class ExplodingOnStart(SpanProcessor):
+    """A span processor whose ``on_start`` raises."""
+
+    def on_start(self, span: SdkSpan, parent_context: Context | None = None) -> None:
+        raise RuntimeError("span processor exploded")
+
+
+class RaisingTracer(NoOpTracer):
+    def start_span(self, *args: Any, **kwargs: Any) -> Span:
+        raise RuntimeError("tracer exploded")
+
+
+class RaisingTracerProvider(NoOpTracerProvider):
+    def get_tracer(self, *args: Any, **kwargs: Any) -> Tracer:
+        return RaisingTracer()
+
+
+SECRET_HEADER = "Bearer sk-HEADERSECRET42"
+SECRET_PROMPT = "PROMPTSECRET77"
+
+
+@pytest.mark.usefixtures("uninstrument_after")
+@pytest.mark.parametrize("mode", MODES)
+async def test_defect_03_internal_error_log_carries_no_locals(mode: str, chaos: ChaosServer) -> None:
+    """An instrumentation.error log line has no traceback with locals: no header secret, no prompt."""
+    rendered: list[str] = []
+    events: list[MutableMapping[str, Any]] = []
+
+    def keep(logger: Any, method_name: str, event_dict: MutableMapping[str, Any]) -> Any:
+        events.append(dict(event_dict))
+        rendered.append(json.dumps(event_dict, default=repr))
+        raise structlog.DropEvent
+
+    structlog.configure(
+        processors=[structlog.processors.add_log_level, structlog.processors.dict_tracebacks, keep],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),
+    )
+    provider = TracerProvider()
+    provider.add_span_processor(ExplodingOnStart())
+    instrument_with(provider)
+    extra = {
+        "extra_headers": {"Authorization": SECRET_HEADER},
+        "messages": [{"role": "user", "content": f"my password is {SECRET_PROMPT}"}],
+    }
+    result = await run(mode, chaos.base_url, "chat", **extra)
+    assert result.exc is None, repr(result.exc)
+
+    errors = [e for e in events if e.get("event") == "instrumentation.error"]
+    assert errors, "the failing span processor was not reported"
+    assert any("span processor exploded" in line for line in rendered), "the exception's message is missing"
+    for line in rendered:
+        assert SECRET_HEADER not in line and "HEADERSECRET42" not in line, line[:2000]
+        assert SECRET_PROMPT not in line, line[:2000]
+    for e in errors:
+        assert "exception" not in e and "exc_info" not in e, sorted(e)
+
+
+# -- "sixteen defects" issue, defect 4: ending a stream is exception-proof -----------------------------------
+
+
+@pytest.mark.usefixtures("uninstrument_after")
+@pytest.mark.parametrize("mode", MODES)
+async def test_defect_04_debug_log_sink_failure_leaks_nothing(mode: str, chaos: ChaosServer) -> None:
+    """A structlog processor that raises at DEBUG: in_flight back to 0 and exactly one span ended."""
+    structlog.configure(
+        processors=[raising_processor(frozenset({"debug"}))],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),
+    )
+    telemetry = reinstrument()
+    result = await run(mode, chaos.base_url, "chat")
+    assert result.exc is None, repr(result.exc)
+    assert len(result.items) == ITEMS["chat"]
+    assert telemetry.value("openai_stream_in_flight") == 0
+    assert len(telemetry.spans()) == 1
+    assert telemetry.value("openai_stream_requests_total") == 1
+
+
+@pytest.mark.usefixtures("uninstrument_after")
+@pytest.mark.parametrize("mode", MODES)
+async def test_defect_04_object_finish_reason_leaks_nothing(mode: str) -> None:
+    """A finish_reason that is a JSON object: in_flight back to 0 and exactly one span ended."""
+    telemetry = reinstrument()
+    body: list[bytes | Gate] = [ROLE, HELLO, sse(chat_chunk({}, finish_reason={"type": "stop"})), DONE]
+    with ScriptedServer(body) as server:
+        result = await run(mode, server.base_url, "chat")
+    assert result.exc is None, repr(result.exc)
+    assert len(result.items) == 3
+    assert telemetry.value("openai_stream_in_flight") == 0
+    assert len(telemetry.spans()) == 1
+
+
+# -- "sixteen defects" issue, defect 5: a broken tracer does not switch off metrics or truncation detection
+
+
+def _broken_provider(kind: str) -> ApiTracerProvider:
+    if kind == "span_processor":
+        provider = TracerProvider()
+        provider.add_span_processor(ExplodingOnStart())
+        return provider
+    return BrokenTracerProvider()
+
+
+@pytest.mark.usefixtures("uninstrument_after")
+@pytest.mark.parametrize("broken", ["span_processor", "start_span"])
+@pytest.mark.parametrize("mode", MODES)
+async def test_defect_05_broken_tracer_keeps_truncation_and_metrics(
+    mode: str, broken: str, chaos: ChaosServer
+) -> None:
+    """start_span/on_start raising: a cut stream still raises and is counted; one internal error."""
+    telemetry = instrument_with(_broken_provider(broken))
+    result = await run(mode, chaos.base_url, "chat", extra_headers={"x-chaos-fault": "eof_chunked"})
+    assert isinstance(result.exc, StreamTruncatedError), repr(result.exc)
+    assert result.exc.reason == "eof_before_done"
+    assert telemetry.by("openai_stream_requests_total", "outcome") == {"truncated": 1}
+    assert telemetry.by("openai_stream_truncations_total", "reason") == {"eof_before_done": 1}
+    assert telemetry.value("openai_stream_in_flight") == 0
+    assert instrumentation_errors(telemetry) == 1
+
+
+# -- "sixteen defects" issue, defect 6: a broken logger does not switch off retries --------------------------
+
+HELD = {"chat": 1, "responses": 4}  # data events without output before the first output
+
+
+@pytest.mark.usefixtures("uninstrument_after")
+@pytest.mark.parametrize("api", APIS)
+@pytest.mark.parametrize("mode", MODES)
+async def test_defect_06_broken_logger_keeps_retries(mode: str, api: str) -> None:
+    """With every log call raising, a stream cut before output is retried: full text, 2 requests."""
+    structlog.configure(
+        processors=[raising_processor()],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+    )
+    telemetry = reinstrument(**RETRYING)
+    plan = FaultPlan(script=[FaultSpec(fault=Fault.EOF_CHUNKED, after=HELD[api]), FaultSpec()])
+    with ChaosServer(plan, chunks=5) as server:
+        result = await run(mode, server.base_url, api)
+        assert result.exc is None, repr(result.exc)
+        if api == "chat":
+            text = chat_text(result.items)
+        else:
+            text = "".join(i.delta for i in result.items if i.type == "response.output_text.delta")
+        assert text == server.expected_text(request(api))
+        assert server.arrivals == 2
+    assert telemetry.by("openai_stream_requests_total", "outcome") == {"completed": 1}

@@ -14,6 +14,8 @@ with ``on_truncation="record"`` it is again exactly the plain SDK.
 
 from __future__ import annotations
 
+import sys
+import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +27,23 @@ import streamsentinel
 from streamsentinel import StreamTruncatedError
 from streamsentinel.chaos import ChaosServer
 
-from ..support import STALL_TIMEOUT, TIMEOUT, chat_kwargs, reinstrument, responses_kwargs
+from ..defect_servers import DONE, Gate, ScriptedServer, chat_chunk, responses_event, sse
+from ..scripted import (
+    COMPLETED,
+    HELLO,
+    ITEMS,
+    MODES,
+    RETRYING,
+    ROLE,
+    STOP,
+    Run,
+    async_client,
+    instrumentation_errors,
+    receive_while_gated,
+    run,
+    sync_client,
+)
+from ..support import STALL_TIMEOUT, TIMEOUT, Telemetry, chat_kwargs, reinstrument, responses_kwargs
 from .test_faults_observed import AFTER, FAULTS, STALLS
 
 # The plain SDK ends these streams silently; streamsentinel surfaces the truncation.
@@ -237,3 +255,137 @@ async def test_recorded_truncation_is_identical_async(api: str, fault: str) -> N
     reinstrument(retry_attempts=1, on_truncation="record")
     recorded = await run_async(api, fault)
     check_identical(bare, recorded, openai.AsyncStream)
+
+
+# -- "sixteen defects" issue, defect 8: odd but valid JSON is not our bug ------------------------------------
+
+ODD_BODIES: dict[str, tuple[str, list[bytes | Gate]]] = {
+    "delta_null": ("chat", [ROLE, HELLO, sse(chat_chunk(None)), STOP, DONE]),
+    "top_level_list": ("chat", [ROLE, HELLO, sse([1, 2]), STOP, DONE]),
+    "usage_string": (
+        "chat",
+        [ROLE, HELLO, sse({**chat_chunk({}), "choices": [], "usage": "plenty"}), STOP, DONE],
+    ),
+    "choices_object": ("chat", [ROLE, HELLO, sse({**chat_chunk({}), "choices": {"index": 0}}), STOP, DONE]),
+    "response_null": (
+        "responses",
+        [
+            responses_event({"type": "response.created", "response": None, "sequence_number": 0}),
+            responses_event(
+                {
+                    "type": "response.output_text.delta",
+                    "delta": "Hello",
+                    "item_id": "msg_1",
+                    "output_index": 0,
+                    "content_index": 0,
+                    "logprobs": [],
+                    "sequence_number": 1,
+                }
+            ),
+            COMPLETED,
+        ],
+    ),
+}
+
+
+def _seen(result: Run) -> tuple[list[str], str | None]:
+    return [f"{type(i).__name__}:{i!r}" for i in result.items], (
+        None if result.exc is None else type(result.exc).__name__
+    )
+
+
+@pytest.mark.parametrize("body", sorted(ODD_BODIES))
+@pytest.mark.parametrize("mode", MODES)
+async def test_defect_08_odd_valid_json_is_no_instrumentation_error(mode: str, body: str) -> None:
+    """Odd-but-valid JSON: 0 instrumentation errors; the consumer gets what the plain SDK yields."""
+    api, parts = ODD_BODIES[body]
+    with ScriptedServer(parts) as server:
+        streamsentinel.uninstrument()
+        plain = await run(mode, server.base_url, api)
+        telemetry = reinstrument()
+        observed = await run(mode, server.base_url, api)
+    assert _seen(observed) == _seen(plain)
+    assert instrumentation_errors(telemetry) == 0
+
+
+# -- "sixteen defects" issue, defect 13: a stream of items of a type we do not know --------------------------
+
+DICT_OPTIONS: dict[str, dict[str, Any]] = {
+    "retrying": RETRYING,
+    "record": {"retry_attempts": 1, "on_truncation": "record"},
+}
+
+
+@pytest.mark.parametrize("options", sorted(DICT_OPTIONS))
+@pytest.mark.parametrize("api", APIS)
+@pytest.mark.parametrize("mode", MODES)
+async def test_defect_13_dict_stream_passes_through(mode: str, api: str, options: str) -> None:
+    """parse(to=Stream[dict]): dicts, one HTTP request, outcome completed, no instrumentation error."""
+    telemetry = reinstrument(**DICT_OPTIONS[options])
+    with ChaosServer(chunks=5) as server:
+        result = await run(mode, server.base_url, api, as_dict=True)
+        assert result.exc is None, repr(result.exc)
+        assert [type(i) for i in result.items] == [dict] * ITEMS[api]
+        assert server.arrivals == 1
+    assert telemetry.by("openai_stream_requests_total", "outcome") == {"completed": 1}
+    assert instrumentation_errors(telemetry) == 0
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_defect_13_dict_items_are_not_held(mode: str) -> None:
+    """parse(to=Stream[dict]) with retries on: items reach the consumer while the server still waits."""
+    reinstrument(**RETRYING)
+    gate = Gate()
+    with ScriptedServer([ROLE, HELLO, gate, STOP, DONE]) as server:
+        got = await receive_while_gated(mode, server, gate, "chat", 2, as_dict=True)
+    assert len(got) == 2, f"only {len(got)} of 2 items reached the consumer before the rest"
+    assert [type(i) for i in got] == [dict, dict]
+
+
+# -- "sixteen defects" issue, defect 14: a failure through the stream loop has repr()-able locals ------------
+
+
+def _unreprable_locals(exc: BaseException) -> list[str]:
+    """The locals of ``exc``'s traceback whose repr() raises, or returns while leaving an exception
+    set in the interpreter (a C-level bug that surfaces at a later call: pytest's INTERNALERROR)."""
+    failures: list[str] = []
+    for frame, _ in traceback.walk_tb(exc.__traceback__):
+        for name, value in list(frame.f_locals.items()):
+            try:
+                repr(value)
+                sys.exc_info()  # a plain builtin call: fails (SystemError) if repr() left an error set
+            except Exception as error:
+                failures.append(f"{frame.f_code.co_name}: {name} ({type(value).__name__}): {error!r}")
+    return failures
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_defect_14_traceback_locals_are_reprable(
+    mode: str, chaos: ChaosServer, telemetry: Telemetry
+) -> None:
+    """Every local of every frame of a mid-stream failure's traceback can be repr()'d."""
+    extra = {"extra_headers": {"x-chaos-fault": "reset", "x-chaos-after": "2"}}
+    caught: BaseException | None = None
+    if mode == "sync":
+        with sync_client(chaos.base_url) as c:
+            stream = c.chat.completions.create(**chat_kwargs(**extra))
+            try:
+                for _ in stream:
+                    pass
+            except openai.APIConnectionError as exc:
+                caught = exc
+            assert caught is not None
+            failures = _unreprable_locals(caught)  # while the consumer still holds the stream
+            del stream
+    else:
+        async with async_client(chaos.base_url) as ac:
+            astream = await ac.chat.completions.create(**chat_kwargs(**extra))
+            try:
+                async for _ in astream:
+                    pass
+            except openai.APIConnectionError as exc:
+                caught = exc
+            assert caught is not None
+            failures = _unreprable_locals(caught)
+            del astream
+    assert failures == []

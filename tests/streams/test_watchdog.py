@@ -24,6 +24,7 @@ from streamsentinel import StreamTimeoutError
 from streamsentinel.chaos import ChaosServer, Fault, FaultPlan, FaultSpec
 
 from ..defect_servers import DONE, Gate, ScriptedServer, chat_chunk, responses_event, sse
+from ..scripted import run_sync
 from ..support import OBSERVE_ONLY, Telemetry, chat_kwargs, chat_text, reinstrument, responses_kwargs
 
 MODES = ["sync", "async"]
@@ -387,3 +388,28 @@ def test_a_cut_after_done_ended_nothing() -> None:
     )
     assert watchdog_cut(None, None) is None
     assert watchdog_cut("stall", ValueError("not ours")) is None
+
+
+# -- "sixteen defects" issue, defect 12: uninstrument() stops the watchdog; instrument() again reconfigures
+
+
+@pytest.mark.parametrize("timeout_option", ["stall_timeout", "first_token_timeout"])
+def test_defect_12_uninstrument_stops_the_watchdog(timeout_option: str, chaos: ChaosServer) -> None:
+    """After each instrument(timeout)/stream/uninstrument cycle no streamsentinel-watchdog thread is alive."""
+    for _ in range(3):
+        reinstrument(**{timeout_option: 5})
+        result = run_sync(chaos.base_url, "chat")
+        assert result.exc is None, repr(result.exc)
+        streamsentinel.uninstrument()
+        for thread in _watchdog_threads():
+            thread.join(timeout=10)
+        assert _watchdog_threads() == set()
+
+
+def test_defect_12_instrument_again_reconfigures(chaos: ChaosServer) -> None:
+    """instrument(on_truncation="record") after on_truncation="raise" applies: a cut stream does not raise."""
+    telemetry = reinstrument(on_truncation="raise")
+    streamsentinel.instrument(registry=telemetry.registry, on_truncation="record", **OBSERVE_ONLY)
+    result = run_sync(chaos.base_url, "chat", extra_headers={"x-chaos-fault": "eof_chunked"})
+    assert result.exc is None, repr(result.exc)
+    assert telemetry.by("openai_stream_requests_total", "outcome") == {"truncated": 1}
