@@ -24,7 +24,7 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 # Debian packages the tests need: promtool and prometheus (the `prometheus` package: rules tests and
-# tests/test_prometheus_proof.py) and redis-server (the fleet tests start their own). Installed here
+# tests/ops/test_prometheus_proof.py) and redis-server (the fleet tests start their own). Installed here
 # when missing and we are root with apt-get; else the exact command to run, and a failure.
 promtool:
 	@missing=""; \

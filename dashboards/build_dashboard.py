@@ -4,7 +4,7 @@
     python dashboards/build_dashboard.py --check   # exits 1 if the committed JSON is out of date
 
 Metric names and labels are the ones defined in ``src/streamsentinel/metrics.py``
-(``tests/test_dashboard.py`` checks every name used here against them).
+(``tests/ops/test_dashboard.py`` checks every name used here against them).
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ An MkDocs hook (``hooks:`` in ``mkdocs.yml``): a page holding a marker line such
 - ``otel``: every instrument ``instrumentation/_otel_metrics.py`` creates (name, kind, unit,
   description), with the attributes and Prometheus twin noted in :data:`OTEL_NOTES`.
 
-``python docs/gen_reference.py options`` prints one table. ``tests/test_docs.py`` checks that every
+``python docs/gen_reference.py options`` prints one table. ``tests/kit/test_docs.py`` checks that every
 option, field, family and instrument of the code is in the rendered pages.
 """
 
@@ -33,7 +33,7 @@ NONE = "\N{EN DASH}"  # an empty cell
 MARKER = re.compile(r"^<!-- generated: ([\w-]+) -->$", re.MULTILINE)
 
 # What the OTel instruments carry beyond the common attributes, and their Prometheus family: the
-# code creates the instruments, this says what they record (tests/test_docs.py fails when an
+# code creates the instruments, this says what they record (tests/kit/test_docs.py fails when an
 # instrument is missing here or an entry names one that no longer exists).
 _SEMCONV_ATTRS = (
     "`gen_ai.operation.name`, `gen_ai.provider.name`, `gen_ai.request.model`, `gen_ai.response.model`, "

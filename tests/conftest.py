@@ -61,3 +61,10 @@ def client(library: str, chaos: ChaosServer) -> Iterator[openai.OpenAI]:
 async def aclient(library: str, chaos: ChaosServer) -> AsyncIterator[openai.AsyncOpenAI]:
     async with sdk_client("async", library, base_url=chaos.base_url, api_key="test-key", max_retries=0) as c:
         yield c
+
+
+@pytest.fixture
+def uninstrument_after() -> Iterator[None]:
+    """Leaves streamsentinel uninstrumented after a test that instruments it itself."""
+    yield
+    streamsentinel.uninstrument()

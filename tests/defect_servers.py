@@ -1,4 +1,4 @@
-"""A tiny loopback HTTP server for bodies the chaos server cannot produce (tests/test_defects.py).
+"""A tiny loopback HTTP server for bodies the chaos server cannot produce (scripted.py runs the SDK on it).
 
 `ScriptedServer` answers every POST with the same scripted body: a list of parts, each either raw
 bytes (written as one HTTP/1.1 chunk and flushed) or a `Gate` (the server stops there until the

@@ -1,4 +1,4 @@
-"""One process of a fleet, driven by tests/test_fleet.py over stdin/stdout (one JSON line each way).
+"""One process of a fleet, driven by tests/fleet/test_fleet.py over stdin/stdout (one JSON line each way).
 
 Started as ``python tests/fleet_worker.py '<json config>'``: instruments streamsentinel with the
 config's Redis URL and breaker, prints ``{"ready": true}``, then answers commands:

@@ -98,8 +98,8 @@ class Telemetry:
 
 
 # Observation tests see each stream exactly as the server broke it: streamsentinel's own retries
-# are off unless a test turns them on (tests/test_retries.py), and a missing [DONE] is always a
-# truncation (the fault server sends it; tests/test_done_marker.py covers the other policies).
+# are off unless a test turns them on (tests/streams/test_retries.py), and a missing [DONE] is always a
+# truncation (the fault server sends it; tests/streams/test_done_marker.py covers the other policies).
 OBSERVE_ONLY: dict[str, Any] = {"retry_attempts": 1, "done_marker": "strict"}
 
 

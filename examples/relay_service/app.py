@@ -72,7 +72,7 @@ async def chat(request: Request) -> Response:
     return StreamingResponse(
         _relay(client, prompt, request_id),
         media_type="text/event-stream",
-        # Which worker process answered (pre-fork servers: tests/test_example_service.py).
+        # Which worker process answered (pre-fork servers: tests/kit/test_example_service.py).
         headers={"cache-control": "no-cache", "x-relay-pid": str(os.getpid())},
     )
 

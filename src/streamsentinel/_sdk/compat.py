@@ -3,7 +3,7 @@ its transport, ``Headers._list``, the same in ``httpx2`` and legacy ``httpx``, r
 to the public ``raw``). Which HTTP library built a response (the SDK runs on either):
 ``streamsentinel._core.httplib``.
 
-Verified against openai 3.51 to 3.60 (``SUPPORTED``; ``tests/test_sdk_hooks.py`` checks each
+Verified against openai 3.51 to 3.60 (``SUPPORTED``; ``tests/sdk/test_sdk_hooks.py`` checks each
 name and signature and fails loudly if one moves). An SDK upgrade is checked here and in
 ``pyproject.toml``'s ``openai`` range, nowhere else.
 """
@@ -212,7 +212,7 @@ PRIVATE_NAMES: tuple[tuple[str, str], ...] = (
     *HELPER_STREAMS,
 )
 """Every private module-level or class-level name used, as ``(module, dotted attribute path)``
-(``tests/test_sdk_hooks.py`` resolves each in the installed SDK)."""
+(``tests/sdk/test_sdk_hooks.py`` resolves each in the installed SDK)."""
 
 PRIVATE_ATTRIBUTES: tuple[tuple[str, str], ...] = (
     ("openai.Stream", "_iterator"),
@@ -227,4 +227,4 @@ PRIVATE_ATTRIBUTES: tuple[tuple[str, str], ...] = (
     ("httpx2.Headers", "_list"),
 )
 """Private instance attributes read, as ``(the object's type, attribute)`` (checked on real
-instances by ``tests/test_sdk_hooks.py``)."""
+instances by ``tests/sdk/test_sdk_hooks.py``)."""

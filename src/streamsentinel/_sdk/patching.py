@@ -13,7 +13,7 @@ when the application imports it; :func:`remove` empties the pending table, so a 
 later does nothing. The trade-off: a private name that moved in a deferred module cannot be
 checked at ``instrument()`` without importing the module; it is counted and logged when the
 module is imported (the module is then left unpatched, the host's import never fails), and
-``tests/test_sdk_hooks.py`` checks every name at SDK-upgrade time.
+``tests/sdk/test_sdk_hooks.py`` checks every name at SDK-upgrade time.
 """
 
 from __future__ import annotations

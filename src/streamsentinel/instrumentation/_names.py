@@ -1,6 +1,6 @@
 """streamsentinel's own telemetry names, in one place: every ``streamsentinel.*`` span attribute,
 span event, OTel metric attribute and OTel instrument name (the semantic conventions' names are in
-``_semconv``). Every sink imports them from here (``tests/test_layering.py`` fails on an inline
+``_semconv``). Every sink imports them from here (``tests/unit/test_layering.py`` fails on an inline
 ``"streamsentinel.…"`` string in a sink).
 
 One spelling per concept: OTel style, dotted by subject (``streamsentinel.truncation.reason`` on
@@ -8,7 +8,7 @@ spans and on metrics alike), and a name is never both an attribute and an event.
 
 :data:`PROMETHEUS_TWINS` and :data:`PROMETHEUS_LABELS` say how an OTLP series maps onto the
 Prometheus sink's families and labels (the shipped dashboard's names); ``docs/metrics.md`` prints
-them and ``tests/test_sinks_agree.py`` checks both against the two sinks.
+them and ``tests/ops/test_sinks_agree.py`` checks both against the two sinks.
 """
 
 from __future__ import annotations
