@@ -27,16 +27,17 @@ from .._resilience.retry import RetryBudget, RetryPolicy
 from .._resilience.store import BreakerStore
 from .._resilience.watchdog import Watchdog
 from ..errors import CircuitOpenError
-from ..instrumentation._data import Event, Rejection, StreamStart
+from ..instrumentation._data import Event, RateLimitHeaders, Rejection, StreamRecord, StreamStart
 from .attempts import Attempts
 from .chunks import PREAMBLE, READERS
 from .config import Settings
 from .context import IN_FALLBACK
-from .controller import StreamController
+from .controller import Reissue, StreamController
 from .done_marker import DoneMarker, DoneMarkers
 from .emit import Emitter, InternalErrors
+from .plan import StreamPlan
+from .ratelimit import RateLimitKind, parse_raw
 from .reaper import REAPER
-from .reopen import Reissue
 from .taxonomy import Operation
 
 if TYPE_CHECKING:
@@ -155,7 +156,9 @@ def _params(request: Mapping[str, Any]) -> tuple[tuple[str, float], ...]:
 
 
 class Runtime:
-    """What one ``instrument()`` set up. Replaced as a whole by a reconfiguring ``instrument()``."""
+    """What one ``instrument()`` set up. Replaced as a whole by a reconfiguring ``instrument()``.
+    It implements ``effects.Effects`` for its stream controllers: the only code that reaches the
+    sinks, the breaker store, the watchdog, the retry budget and the fleet on their behalf."""
 
     def __init__(
         self,
@@ -222,9 +225,98 @@ class Runtime:
         self.rate_limit_seen: dict[tuple[str, str, str], Any] = {}
         self._labels = LabelSets(settings.max_model_labels, settings.max_label_sets)
         self._servers: dict[int, _Server] = {}
+        self._plans: dict[tuple[str, bool], StreamPlan] = {}
 
     def debug(self) -> bool:
         return debug_enabled()
+
+    def plan(self, operation: Operation, debug: bool) -> StreamPlan:
+        """The frozen plan of a stream of ``operation`` (one per operation and DEBUG state)."""
+        found = self._plans.get((operation, debug))
+        if found is None:
+            settings = self.settings
+            found = self._plans[(operation, debug)] = StreamPlan(
+                operation=operation,
+                policy=self.policy,
+                read=self.readers[operation],
+                preamble=self.preambles[operation],
+                gap_alert=self.gap_alert,
+                stall_threshold=self.stall_threshold,
+                chunk_extras=self.chunk_extras,
+                debug=debug,
+                capture_content=settings.capture_content,
+                on_truncation=settings.on_truncation,
+                first_token_timeout=settings.first_token_timeout,
+                stall_timeout=settings.stall_timeout,
+                watchdog=self.watchdog.enabled,
+                done_marker=operation != "responses",
+            )
+        return found
+
+    # -- effects.Effects: what the controllers ask for ---------------------------------------------
+
+    def emit(self, stream: StreamStart | None, event: Event, handles: tuple[Any, ...]) -> None:
+        self.emitter.event(stream, event, handles)
+
+    def end(self, record: StreamRecord, handles: tuple[Any, ...]) -> None:
+        self.emitter.end(record, handles)
+
+    def discard(self, stream: StreamStart, handles: tuple[Any, ...]) -> None:
+        self.emitter.discard(stream, handles)
+
+    def activate(self, handles: tuple[Any, ...]) -> Any:
+        return self.emitter.activate(handles)
+
+    def deactivate(self, active: Any) -> None:
+        self.emitter.deactivate(active)
+
+    def count_error(self, where: str, exc: BaseException) -> None:
+        self.errors(where, exc)
+
+    def release(self, name: str, permit: Any, result: Any, duration: float, ttft: float | None) -> None:
+        self.circuits.store.release(name, permit, result, duration=duration, ttft=ttft)
+
+    def watch(self, ctl: Any) -> None:
+        self.watchdog.watch(ctl)
+
+    def unwatch(self, ctl: Any) -> None:
+        self.watchdog.unwatch(ctl)
+
+    def spend_retry(self, stream: StreamStart, kind: str, reason: str) -> bool:
+        if self.budget.try_spend():
+            return True
+        if kind == "retry":
+            self.log_retry_denied(stream, reason)
+        return False
+
+    def rate_limit_headers(
+        self, stream: StreamStart, found: Any, at: float, handles: tuple[Any, ...]
+    ) -> None:
+        seen = self.rate_limit_seen
+        key = (stream.operation, stream.model, stream.server)
+        if seen.get(key) != found:  # the gauges already show these values otherwise
+            seen[key] = found
+            snapshots = parse_raw(found)
+            values = tuple((s.resource, s.remaining, s.limit, s.reset_seconds) for s in snapshots)
+            if values:
+                self.emitter.event(stream, RateLimitHeaders(at, values), handles)
+
+    def report_429(self, kind: RateLimitKind, delay: float | None, stream: StreamStart) -> None:
+        fleet = self.fleet
+        if fleet is not None:  # fleet mode: a pause for every process (README "Running a fleet")
+            fleet.on_429(kind, delay, stream.server, stream.model)
+
+    def saw_done(self, server: str) -> None:
+        self.done_markers.saw_done(server)
+
+    def accepts_missing_done(self, server: str) -> bool:
+        return self.done_markers.accepts_missing(server)
+
+    def close_response(self, response: Any) -> None:
+        try:
+            response.close()
+        except Exception:
+            pass
 
     def _breaker_event(self, event: Event) -> None:
         self.emitter.event(None, event)
@@ -300,12 +392,21 @@ class Runtime:
         try:
             self.budget.record_request()
             REAPER.start()
-            ctl = StreamController(self, stream, start, handles, reissue=reissue, retrieve=retrieve)
+            ctl = StreamController(
+                self.plan(operation, debug_enabled()),
+                self,
+                stream,
+                start,
+                handles,
+                reissue=reissue,
+                retrieve=retrieve,
+                keep_gaps=self.emitter.wants_chunk_gaps,
+            )
         except BaseException:
             if active is not None:
                 self.emitter.deactivate(active)
             raise
-        ctl.active = active  # current until the call's enter()/exit(), or its leave()
+        ctl.calls.active = active  # current until the call's enter()/exit(), or its leave()
         return ctl
 
     # -- the circuit breaker ----------------------------------------------------------------------
@@ -325,8 +426,7 @@ class Runtime:
             retry_after=self.circuits.store.retry_after(name),
             request=httpx2.Request("POST", f"http://{ctl.stream.server_address}"),
         )
-        ctl.s.events.append(Rejection("circuit_open"))
-        ctl._finish("rejected", None)
+        ctl.rejected(Rejection("circuit_open"))
         return error
 
     # -- fleet-wide rate-limit pauses (fleet mode, rate_limit_pause="wait"|"reject") ---------------
@@ -344,8 +444,7 @@ class Runtime:
             if fleet.pause_mode == "wait" and remaining <= self.settings.retry_time_budget:
                 return remaining
             error = _rate_limit_error(stream, remaining, kind)
-            ctl.s.events.append(Rejection("quota_pause" if kind == "quota" else "rate_limit_pause"))
-            ctl._finish("rejected", None)
+            ctl.rejected(Rejection("quota_pause" if kind == "quota" else "rate_limit_pause"))
             return error
         except Exception as exc:
             self.errors("pause", exc)

@@ -26,7 +26,7 @@ def wrap(ctl: StreamController, result: Any) -> Any:
         log.debug("stream.not_observed", type=type(result).__qualname__)
         return result
     except Exception as exc:
-        ctl.rt.errors("wrap", exc)
+        ctl.fx.count_error("wrap", exc)
         ctl.discard()
         return result
 

@@ -42,7 +42,7 @@ def adopt(ctl: StreamController, stream: Any) -> None:
         wire = decoder if isinstance(decoder, ObservedSSEDecoder) else None
         ctl.adopt(response, wire, "text/event-stream" in content_type)
     except Exception as exc:
-        ctl.rt.errors("adopt", exc)
+        ctl.fx.count_error("adopt", exc)
 
 
 def _hand_out(ctl: StreamController, stop: type[BaseException]) -> Any:
