@@ -25,7 +25,7 @@ from openai.types.chat import ChatCompletionChunk
 from openai.types.responses import ResponseStreamEvent
 
 from streamsentinel import StreamDivergedError, StreamTimeoutError, StreamTruncatedError
-from streamsentinel._core.chunks import PREAMBLE, READERS
+from streamsentinel._core.apis import ADAPTERS
 from streamsentinel._core.controller import SKIP, STOP, StreamController
 from streamsentinel._core.plan import StreamPlan
 from streamsentinel._resilience.retry import RetryPolicy
@@ -177,10 +177,9 @@ def make_plan(operation: Any = "chat", **policy: Any) -> StreamPlan:
     options: dict[str, Any] = {"attempts": 1, "base_delay": 0.0, "max_delay": 0.0}
     options.update(policy)
     return StreamPlan(
-        operation=operation,
+        api=ADAPTERS[operation],
         policy=RetryPolicy(**options),
-        read=READERS[operation],
-        preamble=PREAMBLE[operation],
+        read=ADAPTERS[operation].read,
         gap_alert=1e9,
         stall_threshold=5.0,
         chunk_extras=False,
@@ -190,7 +189,6 @@ def make_plan(operation: Any = "chat", **policy: Any) -> StreamPlan:
         first_token_timeout=3.0,
         stall_timeout=4.0,
         watchdog=True,
-        done_marker=operation != "responses",
     )
 
 

@@ -13,7 +13,7 @@ components: the call's HTTP ``Attempts`` (``attempts.py``), the ``HoldBack`` of 
 no output (``holdback.py``) and, during a replay, the ``ReplaySkipper`` (``_resilience/resume.py``).
 
 Rules it applies, all read from ``taxonomy`` and the ``RetryPolicy``: what is a failure and what
-kind; whether an item may be held (only items known to carry no output, ``chunks.PREAMBLE``); when
+kind; whether an item may be held (only items known to carry no output, ``ApiAdapter.is_preamble``); when
 to retry or resume; what the circuit breaker records. A ``BaseException`` that is not an
 ``Exception`` (cancellation, ``KeyboardInterrupt``) propagates at once, held items dropped: the
 consumer sees it exactly when it would without streamsentinel.
@@ -133,7 +133,7 @@ class StreamController:
         self.attempt = 1
         # While a retry is possible, items known to carry no output are held: until the first
         # other item the consumer has seen nothing, so a retry cannot duplicate output.
-        self.hold = HoldBack(plan.holds, plan.preamble)
+        self.hold = HoldBack(plan.holds, plan.api.is_preamble)
         self._skipper: ReplaySkipper | None = None
         self._broken: Failure | None = None  # the failure a resume repairs
         self._broken_exc: BaseException | None = None  # and what the SDK raised for it, if anything
@@ -281,7 +281,7 @@ class StreamController:
                 self._end_with(self._divergence(short))
                 return None
         try:
-            complete = self._done_marker(self.s.complete(self.stream.operation))
+            complete = self._done_marker(self.s.complete(self.plan.api.terminal_event))
             failure = end_failure(complete, self.s.in_stream_failure(), self.s.silent_reason())
         except Exception as exc:
             self.fx.count_error("classify", exc)
@@ -292,7 +292,7 @@ class StreamController:
         """Apply the server's ``[DONE]`` policy (``done_marker.py``) where the plan says it applies."""
         s, stream = self.s, self.stream
         wire = s.wire
-        if wire is None or not self.plan.done_marker:
+        if wire is None or not self.plan.api.done_marker:
             return complete
         if wire.done:
             self.fx.saw_done(stream.server)
@@ -448,7 +448,7 @@ class StreamController:
         s = self.s
         if s.chunks:
             delivered = (s.joined(s.text), s.joined(s.tool_args or []))
-            self._skipper = ReplaySkipper(self.stream.operation, delivered, s.chunks)
+            self._skipper = ReplaySkipper(self.plan.api.output_piece, delivered, s.chunks)
         return self._reissue()
 
     def _reissue(self) -> Callable[[], Any]:
@@ -555,7 +555,7 @@ class StreamController:
                     s.events.append(GapEvent(perf_counter() - self.start, perf_counter() - s.read_at))
                 self._finish(outcome_of(failure, s.payload_chunks > 0), failure)
                 return
-            outcome = abandon_outcome(s.complete(self.stream.operation, closed_early=True), None)
+            outcome = abandon_outcome(s.complete(self.plan.api.terminal_event, closed_early=True), None)
         except Exception as exc:
             self.fx.count_error("classify", exc)
             outcome = "abandoned"

@@ -28,8 +28,8 @@ from .._resilience.store import BreakerStore
 from .._resilience.watchdog import Watchdog
 from ..errors import CircuitOpenError
 from ..instrumentation._data import Event, RateLimitHeaders, Rejection, StreamRecord, StreamStart
+from .apis import ADAPTERS
 from .attempts import Attempts
-from .chunks import PREAMBLE, READERS
 from .config import Settings
 from .context import IN_FALLBACK
 from .controller import Reissue, StreamController
@@ -176,8 +176,6 @@ class Runtime:
         self.settings = settings
         self.errors = InternalErrors()
         self.emitter = Emitter(sinks, self.errors)
-        self.readers = READERS
-        self.preambles = PREAMBLE
         self.gap_alert = settings.gap_anomaly_seconds
         # A read a consumer gave up on after this long was a stall (the stall timeout, else the gap
         # that is an anomaly).
@@ -236,10 +234,9 @@ class Runtime:
         if found is None:
             settings = self.settings
             found = self._plans[(operation, debug)] = StreamPlan(
-                operation=operation,
+                api=ADAPTERS[operation],
                 policy=self.policy,
-                read=self.readers[operation],
-                preamble=self.preambles[operation],
+                read=ADAPTERS[operation].read,
                 gap_alert=self.gap_alert,
                 stall_threshold=self.stall_threshold,
                 chunk_extras=self.chunk_extras,
@@ -249,7 +246,6 @@ class Runtime:
                 first_token_timeout=settings.first_token_timeout,
                 stall_timeout=settings.stall_timeout,
                 watchdog=self.watchdog.enabled,
-                done_marker=operation != "responses",
             )
         return found
 

@@ -6,13 +6,11 @@ by every stream of that kind; the controller reads its rules from it and never a
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 from .._resilience.retry import RetryPolicy
-from .chunks import ChunkReader
-from .taxonomy import Operation
+from .apis import ApiAdapter, ChunkReader
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,10 +18,9 @@ class StreamPlan:
     """The rules of one kind of stream.
 
     Attributes:
-        operation: the API (``chat``, ``completions``, ``responses``).
+        api: what the stream's API means (``apis.ADAPTERS``).
         policy: streamsentinel's own retries and resumes.
-        read: the per-item reader of ``operation`` (``chunks.READERS``).
-        preamble: whether an item is known to carry no output (``chunks.PREAMBLE``).
+        read: ``api.read``, copied (the hot path reads one attribute less).
         gap_alert: seconds; an inter-item gap at least this long is a ``GapEvent``.
         stall_threshold: seconds; a read a consumer gave up on after this long was a stall.
         chunk_extras: a ``ChunkEvent`` with its text for each item (``chunk_events="all"`` with
@@ -34,13 +31,11 @@ class StreamPlan:
         first_token_timeout: seconds (0: none), for ``StreamTimeoutError``.
         stall_timeout: seconds (0: none), for ``StreamTimeoutError``.
         watchdog: a watchdog deadline exists (first-token or stall timeout set).
-        done_marker: the server's ``[DONE]`` policy applies (chat and completions over SSE).
     """
 
-    operation: Operation
+    api: ApiAdapter
     policy: RetryPolicy
     read: ChunkReader
-    preamble: Callable[[Any], bool]
     gap_alert: float
     stall_threshold: float
     chunk_extras: bool
@@ -50,7 +45,6 @@ class StreamPlan:
     first_token_timeout: float
     stall_timeout: float
     watchdog: bool
-    done_marker: bool
 
     @property
     def holds(self) -> bool:

@@ -73,7 +73,7 @@ def build_record(
             max_gap=s.max_gap,
             chunk_gaps=tuple(s.gaps) if s.gaps else (),
             finish_reasons=finish_reasons(s.finish_reasons or {}, error_type is not None),
-            done_seen=wire.done if wire is not None and ctl.stream.operation != "responses" else None,
+            done_seen=wire.done if wire is not None and ctl.plan.api.done_marker else None,
             # The SDK does not validate: a field of another type is left out (None).
             input_tokens=None if s.input_tokens is None else _int(s.input_tokens),
             output_tokens=None if s.output_tokens is None else _int(s.output_tokens),
