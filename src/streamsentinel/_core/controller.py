@@ -194,8 +194,9 @@ class StreamController:
     # -- per item (the hot path) -------------------------------------------------------------------
 
     def on_item(self, item: Any) -> Any:
-        """An item from the SDK: returns it to deliver, or ``SKIP``. Items known to carry no output
-        are held while a retry is possible; the first other item releases them into ``out``."""
+        """An item from the SDK: returns it to deliver now, or ``SKIP`` (then hand out ``out``
+        first: one channel). Items known to carry no output are held while a retry is possible;
+        the first other item releases them into ``out``, itself queued behind them."""
         if self._skipper is not None:
             item = self._replayed(item)
             if item is SKIP:
@@ -222,8 +223,13 @@ class StreamController:
         except Exception as exc:
             self.fx.count_error("chunk", exc)
         hold = self.hold
-        if hold.holding and hold.hold(item, self.out):
-            return SKIP
+        if hold.holding:
+            out = self.out
+            if hold.hold(item, out):
+                return SKIP
+            if out:  # held items were released: they go first, this item behind them
+                out.append(item)
+                return SKIP
         return item
 
     def _chunk_extras(self, item: Any, now: float, gap: float) -> None:

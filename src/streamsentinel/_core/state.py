@@ -82,7 +82,9 @@ class StreamState:
         self.wire: Wire | None = None
         self.is_sse = True  # the response declared text/event-stream
         self.timeout_kind: WatchdogKind | None = None  # set by the watchdog when it closed the stream
-        self.read_at = 0.0  # when the consumer's pending read began (0: not reading)
+        # When the consumer's pending read began (0: not reading): the one field the drivers write,
+        # stamped around each read (two controller calls per read instead cost +61 ns, +70 %).
+        self.read_at = 0.0
         self.terminal: str | None = None
         self.in_stream_error: tuple[str | None, str] | None = None
         # Made by the first finish reason: most of an open stream's life has none.
