@@ -326,7 +326,7 @@ def test_role_chunk_hold_and_release(attempts: int, answers: list[Any]) -> None:
 def test_held_items_are_handed_out_before_the_end() -> None:
     """A stream that ends while holding: the plain SDK had delivered the role chunk."""
     run = start(attempts=1)
-    run.ctl.hold.holding = True  # only preamble so far, as with attempts > 1
+    run.ctl.holding = run.ctl.hold  # holding, as with attempts > 1
     assert run.feed(ROLE) == [SKIP]
     run.ctl.on_eof()
     assert isinstance(run.ended(), StreamTruncatedError)

@@ -81,6 +81,7 @@ class StreamController:
         "_broken_exc",
         "_extras",
         "_pending",
+        "_read",
         "_skipper",
         "attempt",
         "attempt_start",
@@ -92,6 +93,7 @@ class StreamController:
         "fx",
         "generation",
         "hold",
+        "holding",
         "out",
         "permit",
         "plan",
@@ -133,7 +135,9 @@ class StreamController:
         self.attempt = 1
         # While a retry is possible, items known to carry no output are held: until the first
         # other item the consumer has seen nothing, so a retry cannot duplicate output.
-        self.hold = HoldBack(plan.holds, plan.api.is_preamble)
+        self.hold = HoldBack()
+        self.holding: HoldBack | None = self.hold if plan.holds else None  # None: not holding
+        self._read = plan.read  # the hot path: one attribute load
         self._skipper: ReplaySkipper | None = None
         self._broken: Failure | None = None  # the failure a resume repairs
         self._broken_exc: BaseException | None = None  # and what the SDK raised for it, if anything
@@ -203,30 +207,30 @@ class StreamController:
                 return SKIP
         now = perf_counter()
         s = self.s
-        plan = self.plan
         try:
             gap = now - s.last_at
             s.last_at = now
             s.chunks += 1
             if gap > s.max_gap:
                 s.max_gap = gap
-                if gap >= plan.gap_alert:
+                if gap >= self.plan.gap_alert:
                     s.events.append(GapEvent(now - self.start, gap))
             elif gap < 0.0:  # the first item (last_at starts at +inf)
                 s.first_item_at = now
             if self._extras:
                 self._chunk_extras(item, now, gap)
             else:
-                plan.read(s, item, now)
+                self._read(s, item, now)
         except _ODD:
             s.odd_items += 1  # a shape we cannot read: the server's business, delivered as is
         except Exception as exc:
             self.fx.count_error("chunk", exc)
-        hold = self.hold
-        if hold.holding:
+        hold = self.holding
+        if hold is not None:
             out = self.out
-            if hold.hold(item, out):
+            if hold.hold(item, out, self.plan.api.is_preamble):
                 return SKIP
+            self.holding = None
             if out:  # held items were released: they go first, this item behind them
                 out.append(item)
                 return SKIP
@@ -328,7 +332,7 @@ class StreamController:
         items are handed out first after a close (the plain SDK had delivered them before the
         read), dropped for a cancellation (it propagates at once)."""
         if exc is not None and is_cancellation(exc):
-            self.hold.drop()
+            self.hold.clear()
         self.on_close()
         self._end_with(exc)
 
@@ -395,7 +399,7 @@ class StreamController:
             return None  # late observation, or items of a type a reissue would not give back
         policy = self.plan.policy
         try:
-            delivered = not self.hold.holding
+            delivered = self.holding is None
             s = self.s
             resumable = policy.resume == "replay" or (
                 self.retrieve is not None and s.response_id is not None and s.last_seq is not None
@@ -442,7 +446,8 @@ class StreamController:
         policy = self.plan.policy
         if self._pending == "retry":
             self.s.new_attempt(keep_gaps=self.s.gaps is not None)  # asked once per stream
-            self.hold.restart(self.plan.holds)
+            self.hold.clear()
+            self.holding = self.hold if self.plan.holds else None
             return self._reissue()
         self.s.new_connection()
         if policy.resume == "responses":
@@ -483,7 +488,7 @@ class StreamController:
         """The wait before reopening raised (a cancellation, or a signal handler's exception): the
         request ends with that exception at once (the failed attempt's held items dropped, as for
         a cancellation mid-read), recorded."""
-        self.hold.drop()
+        self.hold.clear()
         self.request_failed(exc)
         self._end_with(exc)
 

@@ -27,7 +27,7 @@ from .._resilience.retry import RetryBudget, RetryPolicy
 from .._resilience.store import BreakerStore
 from .._resilience.watchdog import Watchdog
 from ..errors import CircuitOpenError
-from ..instrumentation._data import Event, RateLimitHeaders, Rejection, StreamRecord, StreamStart
+from ..instrumentation._data import Event, RateLimitHeaders, Rejection, StreamStart
 from .apis import ADAPTERS
 from .attempts import Attempts
 from .config import Settings
@@ -224,6 +224,15 @@ class Runtime:
         self._labels = LabelSets(settings.max_model_labels, settings.max_label_sets)
         self._servers: dict[int, _Server] = {}
         self._plans: dict[tuple[str, bool], StreamPlan] = {}
+        # effects.Effects: the frequent ones are the collaborators' own bound methods (no frame more).
+        self.emit = self.emitter.event
+        self.end = self.emitter.end
+        self.discard = self.emitter.discard
+        self.activate = self.emitter.activate
+        self.deactivate = self.emitter.deactivate
+        self.count_error = self.errors
+        self.watch = self.watchdog.watch
+        self.unwatch = self.watchdog.unwatch
 
     def debug(self) -> bool:
         return debug_enabled()
@@ -249,34 +258,10 @@ class Runtime:
             )
         return found
 
-    # -- effects.Effects: what the controllers ask for ---------------------------------------------
-
-    def emit(self, stream: StreamStart | None, event: Event, handles: tuple[Any, ...]) -> None:
-        self.emitter.event(stream, event, handles)
-
-    def end(self, record: StreamRecord, handles: tuple[Any, ...]) -> None:
-        self.emitter.end(record, handles)
-
-    def discard(self, stream: StreamStart, handles: tuple[Any, ...]) -> None:
-        self.emitter.discard(stream, handles)
-
-    def activate(self, handles: tuple[Any, ...]) -> Any:
-        return self.emitter.activate(handles)
-
-    def deactivate(self, active: Any) -> None:
-        self.emitter.deactivate(active)
-
-    def count_error(self, where: str, exc: BaseException) -> None:
-        self.errors(where, exc)
+    # -- effects.Effects: what the controllers ask for (emit, end... are bound in __init__) --------
 
     def release(self, name: str, permit: Any, result: Any, duration: float, ttft: float | None) -> None:
         self.circuits.store.release(name, permit, result, duration=duration, ttft=ttft)
-
-    def watch(self, ctl: Any) -> None:
-        self.watchdog.watch(ctl)
-
-    def unwatch(self, ctl: Any) -> None:
-        self.watchdog.unwatch(ctl)
 
     def spend_retry(self, stream: StreamStart, kind: str, reason: str) -> bool:
         if self.budget.try_spend():

@@ -55,7 +55,7 @@ def build_record(
     error_type = failure.error_type if failure is not None else None
     reason = failure.reason if failure is not None else None
     try:
-        s = ctl.s
+        s, calls = ctl.s, ctl.calls
         wire = s.wire
         text = s.joined(s.text) if capture_content else None
         code = _str(s.in_stream_error[0]) if s.in_stream_error is not None else None
@@ -79,11 +79,11 @@ def build_record(
             output_tokens=None if s.output_tokens is None else _int(s.output_tokens),
             reasoning_tokens=None if s.reasoning_tokens is None else _int(s.reasoning_tokens),
             cached_input_tokens=None if s.cached_tokens is None else _int(s.cached_tokens),
-            request_id=ctl.request_id if type(ctl.request_id) is str else None,
+            request_id=calls.request_id if type(calls.request_id) is str else None,
             response_id=s.response_id if type(s.response_id) is str else _str(s.response_id),
             response_model=s.response_model if type(s.response_model) is str else _str(s.response_model),
-            sdk_retries=ctl.calls.sdk_retries,
-            sentinel_retries=ctl.calls.sentinel_retries,
+            sdk_retries=calls.sdk_retries,
+            sentinel_retries=calls.sentinel_retries,
             breaker=ctl.breaker_name,
             events=tuple(s.events),
             partial_text=text,

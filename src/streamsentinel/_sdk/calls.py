@@ -33,25 +33,27 @@ def wrap(ctl: StreamController, result: Any) -> Any:
 
 def call(ctl: StreamController, wrapped: Callable[..., Any], args: Any, kwargs: Any) -> Any:
     """``wrapped(*args, **kwargs)`` with ``ctl`` current; its failure recorded, its stream wrapped."""
-    tokens = ctl.enter()
+    calls = ctl.calls
+    tokens = calls.enter()
     try:
         result = wrapped(*args, **kwargs)
     except BaseException as exc:
         ctl.request_failed(exc)
         raise
     finally:
-        ctl.exit(tokens)
+        calls.exit(tokens)
     return wrap(ctl, result)
 
 
 async def acall(ctl: StreamController, wrapped: Callable[..., Any], args: Any, kwargs: Any) -> Any:
     """:func:`call` for an async client."""
-    tokens = ctl.enter()
+    calls = ctl.calls
+    tokens = calls.enter()
     try:
         result = await wrapped(*args, **kwargs)
     except BaseException as exc:
         ctl.request_failed(exc)
         raise
     finally:
-        ctl.exit(tokens)
+        calls.exit(tokens)
     return wrap(ctl, result)
