@@ -233,6 +233,8 @@ class Runtime:
         self.count_error = self.errors
         self.watch = self.watchdog.watch
         self.unwatch = self.watchdog.unwatch
+        self.saw_done = self.done_markers.saw_done
+        self.accepts_missing_done = self.done_markers.accepts_missing
 
     def debug(self) -> bool:
         return debug_enabled()
@@ -286,12 +288,6 @@ class Runtime:
         fleet = self.fleet
         if fleet is not None:  # fleet mode: a pause for every process (README "Running a fleet")
             fleet.on_429(kind, delay, stream.server, stream.model)
-
-    def saw_done(self, server: str) -> None:
-        self.done_markers.saw_done(server)
-
-    def accepts_missing_done(self, server: str) -> bool:
-        return self.done_markers.accepts_missing(server)
 
     def close_response(self, response: Any) -> None:
         try:
@@ -373,8 +369,9 @@ class Runtime:
         try:
             self.budget.record_request()
             REAPER.start()
+            debug = debug_enabled()
             ctl = StreamController(
-                self.plan(operation, debug_enabled()),
+                self._plans.get((operation, debug)) or self.plan(operation, debug),
                 self,
                 stream,
                 start,
