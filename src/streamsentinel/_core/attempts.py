@@ -1,8 +1,8 @@
 """What the SDK's HTTP attempts tell about a call, streaming or not: each response's rate-limit
 headers and 429 kind, transport errors, and the SDK's own retries (before any stream exists).
 
-:class:`Attempts` is the base of the stream controller and, alone, the light context of a plain
-(``stream=False``) call, so a 429 or an SDK retry is counted whatever the call. Every 429 is counted
+:class:`Attempts` is a component the stream controller owns and, alone, the light context of a
+plain (``stream=False``) call, so a 429 or an SDK retry is counted whatever the call. Every 429 is counted
 here, once per HTTP response; an in-stream rate-limit error is counted by the controller.
 """
 
@@ -12,22 +12,24 @@ from collections.abc import Mapping
 from time import perf_counter
 from typing import Any
 
-from ..instrumentation._data import Event, RateLimitEvent, RateLimitHeaders, RetryEvent
+from ..instrumentation._data import Event, RateLimitEvent, RetryEvent
 from .context import CURRENT
-from .ratelimit import RateLimitKind, classify_429, parse_raw, retry_delay_seconds, scan_headers
+from .effects import Effects
+from .ratelimit import RateLimitKind, classify_429, retry_delay_seconds, scan_headers
 from .taxonomy import ErrorType, rate_limit_error_type, status_error_type, transport_error_type
 
 
 class Attempts:
-    """The HTTP attempts of one call. ``rt`` is the runtime (``lifecycle.Runtime``), ``stream`` the
-    call's ``StreamStart``, ``handles`` the sinks' per-stream handles (empty for a plain call)."""
+    """The HTTP attempts of one call. ``fx`` is what it may ask of the outside (the runtime),
+    ``stream`` the call's ``StreamStart``, ``handles`` the sinks' per-stream handles (empty for a
+    plain call)."""
 
     __slots__ = (
         "active",
+        "fx",
         "handles",
         "last_reason",
         "request_id",
-        "rt",
         "saw_429",
         "sdk_retries",
         "sentinel_retries",
@@ -36,8 +38,8 @@ class Attempts:
         "timeline",
     )
 
-    def __init__(self, rt: Any, stream: Any, start: float, handles: tuple[Any, ...] = ()) -> None:
-        self.rt = rt
+    def __init__(self, fx: Effects, stream: Any, start: float, handles: tuple[Any, ...] = ()) -> None:
+        self.fx = fx
         self.stream = stream
         self.start = start
         self.handles = handles
@@ -56,7 +58,7 @@ class Attempts:
         if active is not None:  # still current since Runtime.begin: not attached a second time
             self.active = None
             return CURRENT.set(self), active
-        return CURRENT.set(self), self.rt.emitter.activate(self.handles) if self.handles else None
+        return CURRENT.set(self), self.fx.activate(self.handles) if self.handles else None
 
     def leave(self) -> None:
         """No call is made after all (refused, served by a fallback, or interrupted before it):
@@ -64,18 +66,18 @@ class Attempts:
         active = self.active
         if active is not None:
             self.active = None
-            self.rt.emitter.deactivate(active)
+            self.fx.deactivate(active)
 
     def exit(self, tokens: tuple[Any, Any]) -> None:
         current, activated = tokens
         if activated:
-            self.rt.emitter.deactivate(activated)
+            self.fx.deactivate(activated)
         CURRENT.reset(current)
 
     def _emit(self, event: Event) -> None:
         if self.timeline is not None:
             self.timeline.append(event)
-        self.rt.emitter.event(self.stream, event, self.handles)
+        self.fx.emit(self.stream, event, self.handles)
 
     def rate_limited(self, kind: RateLimitKind, status: int | None) -> None:
         """Count one rate-limit event (a 429 response, or an in-stream rate-limit error)."""
@@ -95,34 +97,23 @@ class Attempts:
         try:
             self.request_id, found = scan_headers(headers, triples)
             if found:
-                seen = self.rt.rate_limit_seen
-                stream = self.stream
-                key = (stream.operation, stream.model, stream.server)
-                if seen.get(key) != found:  # the gauges already show these values otherwise
-                    seen[key] = found
-                    snapshots = parse_raw(found)
-                    values = tuple((s.resource, s.remaining, s.limit, s.reset_seconds) for s in snapshots)
-                    if values:
-                        at = perf_counter() - self.start
-                        self.rt.emitter.event(stream, RateLimitHeaders(at, values), self.handles)
+                self.fx.rate_limit_headers(self.stream, found, perf_counter() - self.start, self.handles)
             if status == 429:
                 kind = classify_429(body, headers)
                 self.last_reason = rate_limit_error_type(kind)
                 self.rate_limited(kind, 429)
-                fleet = getattr(self.rt, "fleet", None)
-                if fleet is not None:  # fleet mode: a pause for every process (README "Running a fleet")
-                    fleet.on_429(kind, retry_delay_seconds(headers), self.stream.server, self.stream.model)
+                self.fx.report_429(kind, retry_delay_seconds(headers), self.stream)
             elif status >= 400:
                 self.last_reason = status_error_type(status)
         except Exception as exc:
-            self.rt.errors("attempt", exc)
+            self.fx.count_error("attempt", exc)
 
     def on_transport_error(self, exc: BaseException) -> None:
         """An HTTP attempt raised before any response (timeout or transport error)."""
         try:
             self.last_reason = transport_error_type(exc)
         except Exception as error:
-            self.rt.errors("attempt", error)
+            self.fx.count_error("attempt", error)
 
     def on_sdk_retry(self, retries_taken: int, headers: Mapping[str, str] | None) -> None:
         """The SDK is about to sleep and retry (``headers``: the failed response's, None when the
@@ -135,4 +126,4 @@ class Attempts:
             delay = retry_delay_seconds(headers) if headers is not None else None
             self._emit(RetryEvent(perf_counter() - self.start, "sdk", reason, retries_taken + 1, delay))
         except Exception as exc:
-            self.rt.errors("retry", exc)
+            self.fx.count_error("retry", exc)

@@ -27,16 +27,17 @@ from .._resilience.retry import RetryBudget, RetryPolicy
 from .._resilience.store import BreakerStore
 from .._resilience.watchdog import Watchdog
 from ..errors import CircuitOpenError
-from ..instrumentation._data import Event, Rejection, StreamStart
+from ..instrumentation._data import Event, RateLimitHeaders, Rejection, StreamStart
+from .apis import ADAPTERS
 from .attempts import Attempts
-from .chunks import PREAMBLE, READERS
 from .config import Settings
 from .context import IN_FALLBACK
-from .controller import StreamController
+from .controller import Reissue, StreamController
 from .done_marker import DoneMarker, DoneMarkers
 from .emit import Emitter, InternalErrors
+from .plan import StreamPlan
+from .ratelimit import RateLimitKind, parse_raw
 from .reaper import REAPER
-from .reopen import Reissue
 from .taxonomy import Operation
 
 if TYPE_CHECKING:
@@ -155,7 +156,9 @@ def _params(request: Mapping[str, Any]) -> tuple[tuple[str, float], ...]:
 
 
 class Runtime:
-    """What one ``instrument()`` set up. Replaced as a whole by a reconfiguring ``instrument()``."""
+    """What one ``instrument()`` set up. Replaced as a whole by a reconfiguring ``instrument()``.
+    It implements ``effects.Effects`` for its stream controllers: the only code that reaches the
+    sinks, the breaker store, the watchdog, the retry budget and the fleet on their behalf."""
 
     def __init__(
         self,
@@ -173,8 +176,6 @@ class Runtime:
         self.settings = settings
         self.errors = InternalErrors()
         self.emitter = Emitter(sinks, self.errors)
-        self.readers = READERS
-        self.preambles = PREAMBLE
         self.gap_alert = settings.gap_anomaly_seconds
         # A read a consumer gave up on after this long was a stall (the stall timeout, else the gap
         # that is an anomaly).
@@ -222,9 +223,77 @@ class Runtime:
         self.rate_limit_seen: dict[tuple[str, str, str], Any] = {}
         self._labels = LabelSets(settings.max_model_labels, settings.max_label_sets)
         self._servers: dict[int, _Server] = {}
+        self._plans: dict[tuple[str, bool], StreamPlan] = {}
+        # effects.Effects: the frequent ones are the collaborators' own bound methods (no frame more).
+        self.emit = self.emitter.event
+        self.end = self.emitter.end
+        self.discard = self.emitter.discard
+        self.activate = self.emitter.activate
+        self.deactivate = self.emitter.deactivate
+        self.count_error = self.errors
+        self.watch = self.watchdog.watch
+        self.unwatch = self.watchdog.unwatch
+        self.saw_done = self.done_markers.saw_done
+        self.accepts_missing_done = self.done_markers.accepts_missing
 
     def debug(self) -> bool:
         return debug_enabled()
+
+    def plan(self, operation: Operation, debug: bool) -> StreamPlan:
+        """The frozen plan of a stream of ``operation`` (one per operation and DEBUG state)."""
+        found = self._plans.get((operation, debug))
+        if found is None:
+            settings = self.settings
+            found = self._plans[(operation, debug)] = StreamPlan(
+                api=ADAPTERS[operation],
+                policy=self.policy,
+                read=ADAPTERS[operation].read,
+                gap_alert=self.gap_alert,
+                stall_threshold=self.stall_threshold,
+                chunk_extras=self.chunk_extras,
+                debug=debug,
+                capture_content=settings.capture_content,
+                on_truncation=settings.on_truncation,
+                first_token_timeout=settings.first_token_timeout,
+                stall_timeout=settings.stall_timeout,
+                watchdog=self.watchdog.enabled,
+            )
+        return found
+
+    # -- effects.Effects: what the controllers ask for (emit, end... are bound in __init__) --------
+
+    def release(self, name: str, permit: Any, result: Any, duration: float, ttft: float | None) -> None:
+        self.circuits.store.release(name, permit, result, duration=duration, ttft=ttft)
+
+    def spend_retry(self, stream: StreamStart, kind: str, reason: str) -> bool:
+        if self.budget.try_spend():
+            return True
+        if kind == "retry":
+            self.log_retry_denied(stream, reason)
+        return False
+
+    def rate_limit_headers(
+        self, stream: StreamStart, found: Any, at: float, handles: tuple[Any, ...]
+    ) -> None:
+        seen = self.rate_limit_seen
+        key = (stream.operation, stream.model, stream.server)
+        if seen.get(key) != found:  # the gauges already show these values otherwise
+            seen[key] = found
+            snapshots = parse_raw(found)
+            values = tuple((s.resource, s.remaining, s.limit, s.reset_seconds) for s in snapshots)
+            if values:
+                self.emitter.event(stream, RateLimitHeaders(at, values), handles)
+
+    def report_429(self, kind: RateLimitKind, delay: float | None, stream: StreamStart) -> None:
+        fleet = self.fleet
+        if fleet is not None:  # fleet mode: a pause for every process (README "Running a fleet")
+            fleet.on_429(kind, delay, stream.server, stream.model)
+
+    def close_response(self, response: Any) -> None:
+        try:
+            response.close()
+        except Exception:
+            pass
 
     def _breaker_event(self, event: Event) -> None:
         self.emitter.event(None, event)
@@ -300,12 +369,22 @@ class Runtime:
         try:
             self.budget.record_request()
             REAPER.start()
-            ctl = StreamController(self, stream, start, handles, reissue=reissue, retrieve=retrieve)
+            debug = debug_enabled()
+            ctl = StreamController(
+                self._plans.get((operation, debug)) or self.plan(operation, debug),
+                self,
+                stream,
+                start,
+                handles,
+                reissue=reissue,
+                retrieve=retrieve,
+                keep_gaps=self.emitter.wants_chunk_gaps,
+            )
         except BaseException:
             if active is not None:
                 self.emitter.deactivate(active)
             raise
-        ctl.active = active  # current until the call's enter()/exit(), or its leave()
+        ctl.calls.active = active  # current until the call's enter()/exit(), or its leave()
         return ctl
 
     # -- the circuit breaker ----------------------------------------------------------------------
@@ -325,8 +404,7 @@ class Runtime:
             retry_after=self.circuits.store.retry_after(name),
             request=httpx2.Request("POST", f"http://{ctl.stream.server_address}"),
         )
-        ctl.s.events.append(Rejection("circuit_open"))
-        ctl._finish("rejected", None)
+        ctl.rejected(Rejection("circuit_open"))
         return error
 
     # -- fleet-wide rate-limit pauses (fleet mode, rate_limit_pause="wait"|"reject") ---------------
@@ -344,8 +422,7 @@ class Runtime:
             if fleet.pause_mode == "wait" and remaining <= self.settings.retry_time_budget:
                 return remaining
             error = _rate_limit_error(stream, remaining, kind)
-            ctl.s.events.append(Rejection("quota_pause" if kind == "quota" else "rate_limit_pause"))
-            ctl._finish("rejected", None)
+            ctl.rejected(Rejection("quota_pause" if kind == "quota" else "rate_limit_pause"))
             return error
         except Exception as exc:
             self.errors("pause", exc)

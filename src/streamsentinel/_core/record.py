@@ -55,7 +55,7 @@ def build_record(
     error_type = failure.error_type if failure is not None else None
     reason = failure.reason if failure is not None else None
     try:
-        s = ctl.s
+        s, calls = ctl.s, ctl.calls
         wire = s.wire
         text = s.joined(s.text) if capture_content else None
         code = _str(s.in_stream_error[0]) if s.in_stream_error is not None else None
@@ -73,17 +73,17 @@ def build_record(
             max_gap=s.max_gap,
             chunk_gaps=tuple(s.gaps) if s.gaps else (),
             finish_reasons=finish_reasons(s.finish_reasons or {}, error_type is not None),
-            done_seen=wire.done if wire is not None and ctl.stream.operation != "responses" else None,
+            done_seen=wire.done if wire is not None and ctl.plan.api.done_marker else None,
             # The SDK does not validate: a field of another type is left out (None).
             input_tokens=None if s.input_tokens is None else _int(s.input_tokens),
             output_tokens=None if s.output_tokens is None else _int(s.output_tokens),
             reasoning_tokens=None if s.reasoning_tokens is None else _int(s.reasoning_tokens),
             cached_input_tokens=None if s.cached_tokens is None else _int(s.cached_tokens),
-            request_id=ctl.request_id if type(ctl.request_id) is str else None,
+            request_id=calls.request_id if type(calls.request_id) is str else None,
             response_id=s.response_id if type(s.response_id) is str else _str(s.response_id),
             response_model=s.response_model if type(s.response_model) is str else _str(s.response_model),
-            sdk_retries=ctl.sdk_retries,
-            sentinel_retries=ctl.sentinel_retries,
+            sdk_retries=calls.sdk_retries,
+            sentinel_retries=calls.sentinel_retries,
             breaker=ctl.breaker_name,
             events=tuple(s.events),
             partial_text=text,

@@ -188,7 +188,7 @@ def silent_end_failure(reason: TruncationReason) -> Failure:
 
 
 def is_complete(
-    operation: Operation,
+    terminal_event: bool,
     done_seen: bool | None,
     terminal_seen: bool,
     finished: bool,
@@ -203,7 +203,7 @@ def is_complete(
     finish chunk: ``[DONE]`` was simply never read. Responses: a terminal event
     (``response.completed``/``incomplete``/``failed``) arrived.
     """
-    if operation == "responses":
+    if terminal_event:
         return terminal_seen
     if done_seen is None or (closed_early and not done_seen):
         return finished

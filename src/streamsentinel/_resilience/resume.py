@@ -17,38 +17,14 @@ Counted in ``openai_stream_resumes_total{strategy,result}`` (``resumed``, ``dive
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal
 
 ResumeStrategy = Literal["off", "replay", "responses"]
 
-# Channels of output compared separately: 0 = text, 1 = tool-call arguments.
+# Channels of output compared separately: 0 = text, 1 = tool-call arguments (an API adapter's
+# ``output_piece`` says which piece of which an item carries).
 TEXT, ARGS = 0, 1
-
-
-def output_piece(operation: str, item: Any) -> tuple[int, str] | None:
-    """The (channel, piece) of output ``item`` carries for choice 0, or None."""
-    if operation == "responses":
-        typ = item.type
-        if typ == "response.output_text.delta":
-            return TEXT, item.delta
-        if typ == "response.function_call_arguments.delta":
-            return ARGS, item.delta
-        return None
-    choices = item.choices
-    if not choices:
-        return None
-    for choice in choices:
-        if choice.index != 0:
-            continue
-        if operation == "text_completion":
-            return (TEXT, choice.text) if choice.text else None
-        delta = choice.delta
-        if delta.content:
-            return TEXT, delta.content
-        if delta.tool_calls:
-            arguments = "".join((call.function.arguments or "") for call in delta.tool_calls if call.function)
-            return (ARGS, arguments) if arguments else None
-    return None
 
 
 class Diverged(Exception):
@@ -69,8 +45,10 @@ class ReplaySkipper:
     ``done`` once ``count`` items were fed: the next items are new.
     """
 
-    def __init__(self, operation: str, delivered: tuple[str, str], count: int) -> None:
-        self.operation = operation
+    def __init__(
+        self, output_piece: Callable[[Any], tuple[int, str] | None], delivered: tuple[str, str], count: int
+    ) -> None:
+        self.output_piece = output_piece
         self.delivered = delivered
         self.positions = [0, 0]
         self.left = count
@@ -81,7 +59,7 @@ class ReplaySkipper:
 
     def feed(self, item: Any) -> None:
         self.left -= 1
-        found = output_piece(self.operation, item)
+        found = self.output_piece(item)
         if found is not None:
             channel, piece = found
             delivered = self.delivered[channel]

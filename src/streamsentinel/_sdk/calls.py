@@ -26,32 +26,34 @@ def wrap(ctl: StreamController, result: Any) -> Any:
         log.debug("stream.not_observed", type=type(result).__qualname__)
         return result
     except Exception as exc:
-        ctl.rt.errors("wrap", exc)
+        ctl.fx.count_error("wrap", exc)
         ctl.discard()
         return result
 
 
 def call(ctl: StreamController, wrapped: Callable[..., Any], args: Any, kwargs: Any) -> Any:
     """``wrapped(*args, **kwargs)`` with ``ctl`` current; its failure recorded, its stream wrapped."""
-    tokens = ctl.enter()
+    calls = ctl.calls
+    tokens = calls.enter()
     try:
         result = wrapped(*args, **kwargs)
     except BaseException as exc:
         ctl.request_failed(exc)
         raise
     finally:
-        ctl.exit(tokens)
+        calls.exit(tokens)
     return wrap(ctl, result)
 
 
 async def acall(ctl: StreamController, wrapped: Callable[..., Any], args: Any, kwargs: Any) -> Any:
     """:func:`call` for an async client."""
-    tokens = ctl.enter()
+    calls = ctl.calls
+    tokens = calls.enter()
     try:
         result = await wrapped(*args, **kwargs)
     except BaseException as exc:
         ctl.request_failed(exc)
         raise
     finally:
-        ctl.exit(tokens)
+        calls.exit(tokens)
     return wrap(ctl, result)

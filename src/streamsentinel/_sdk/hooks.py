@@ -18,6 +18,7 @@ import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from .._core.apis import ADAPTERS
 from .._core.context import CURRENT, IN_FALLBACK
 from .._core.controller import StreamController
 from .._core.lifecycle import Runtime
@@ -61,7 +62,7 @@ def _begin(
     try:
         retry_kwargs = compat.without_raw_header(kwargs)
         retrieve = None
-        if operation == "responses":
+        if ADAPTERS[operation].continuable:  # resume="responses" continues it
             retrieve_fn = original(type(instance), "retrieve").__get__(instance)
 
             def retrieve(response_id: str, starting_after: int) -> Any:

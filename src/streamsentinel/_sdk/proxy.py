@@ -4,7 +4,10 @@
 keeps ``isinstance(stream, openai.Stream)``, ``stream.response`` and every other attribute. Each
 read goes: proxy -> driver -> the SDK's item generator (``compat.items_of``) ->
 ``controller.on_item`` (where a chunk is observed). The drivers decide nothing: they read, wait
-and reopen when the controller says so, and hand out ``controller.out`` then ``controller.final``.
+and reopen when the controller says so, and hand out ``controller.out`` then ``controller.final``
+(an item is either returned by ``on_item`` or queued in ``out``: the drivers never re-order). The
+one controller field a driver writes is ``s.read_at``, stamped around each read (see
+``state.StreamState``).
 A wait before reopening ends as soon as the consumer closes the stream (from another thread or
 task): the controller's ``wake``.
 The sync driver is a generator (its locals stay in place between items); the async one is a
@@ -42,7 +45,7 @@ def adopt(ctl: StreamController, stream: Any) -> None:
         wire = decoder if isinstance(decoder, ObservedSSEDecoder) else None
         ctl.adopt(response, wire, "text/event-stream" in content_type)
     except Exception as exc:
-        ctl.rt.errors("adopt", exc)
+        ctl.fx.count_error("adopt", exc)
 
 
 def _hand_out(ctl: StreamController, stop: type[BaseException]) -> Any:
@@ -147,10 +150,7 @@ def _sync_drive(ctl: StreamController, stream: Any, proxy: _ProxyRef) -> Iterato
         else:
             s.read_at = 0.0
             item = on_item(item)
-            if item is SKIP:
-                continue
-            if out:  # held items were released ahead of it
-                out.append(item)
+            if item is SKIP:  # held, skipped, or queued in ``out`` behind released items
                 continue
             yield item
             continue
@@ -205,11 +205,10 @@ class _AsyncDriver:
             else:
                 s.read_at = 0.0
                 item = ctl.on_item(item)
-                if item is SKIP:
+                if item is SKIP:  # held, skipped, or queued in ``out`` behind released items
+                    if ctl.out:
+                        return ctl.out.pop(0)
                     continue
-                if ctl.out:
-                    ctl.out.append(item)
-                    return ctl.out.pop(0)
                 return item
             if delay is not None:
                 try:

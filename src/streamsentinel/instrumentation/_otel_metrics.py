@@ -79,6 +79,7 @@ from ._data import (
     StreamRecord,
     StreamStart,
 )
+from ._semconv import _OPERATIONS
 
 __all__ = ["OTelMetricsSink", "official_instrumentor_active"]
 
@@ -100,12 +101,7 @@ _SEMCONV_HISTOGRAMS = (  # (name, unit, description, buckets), in the order __in
 BREAKER_STATES = ("closed", "open", "half_open", "disabled", "forced_open", "metrics_only")
 OVERFLOW_LABEL = "_other"  # the core's bounded-label value past max_model_labels or max_label_sets
 
-_CHAT = gen_ai.GenAiOperationNameValues.CHAT.value
-SEMCONV_OPERATION = {
-    "chat": _CHAT,
-    "text_completion": gen_ai.GenAiOperationNameValues.TEXT_COMPLETION.value,
-    "responses": _CHAT,
-}
+SEMCONV_OPERATION = _OPERATIONS  # one table, _semconv's
 _INPUT = gen_ai.GenAiTokenTypeValues.INPUT.value
 _OUTPUT = gen_ai.GenAiTokenTypeValues.OUTPUT.value
 _TOKENS = (
